@@ -1,0 +1,119 @@
+"""A thin Orbax wrapper: save a run, resume it, or load only the weights of another run.
+
+Layout: ``<workdir>/checkpoints/<step>/{params,opt_state,data,meta}`` — separate items, so a transfer
+can restore ``params`` alone, and a resume restores everything. ``data`` is the data position (the
+next step: batches are a pure function of the step) with the host count it was written with;
+``meta`` holds the config and counters. Parameters are pure dicts (``nnx.to_pure_dict``); no RNG keys
+are stored because every key is derived from the seed and the step.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+def checkpoint_dir(workdir: str) -> str:
+  return os.path.join(workdir, CHECKPOINT_DIR)
+
+
+def normalize_keys(tree):
+  """Orbax restores dict keys as strings; turn ``'0'``, ``'1'`` … back into the ints NNX uses."""
+  if isinstance(tree, dict):
+    return {(int(k) if isinstance(k, str) and re.fullmatch(r"\d+", k) else k): normalize_keys(v)
+            for k, v in tree.items()}
+  return tree
+
+
+def abstract(tree):
+  """Shape/dtype/sharding skeleton used as a restore target (lands on the *current* sharding)."""
+  def leaf(x):
+    sharding = getattr(x, "sharding", None)
+    return jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding)
+  return jax.tree_util.tree_map(leaf, tree)
+
+
+class Checkpointer:
+  """Saves ``{'params', 'opt_state', 'step'}`` train states plus data position and metadata."""
+
+  def __init__(self, workdir: str, *, keep: int = 2, keep_every: int | None = None,
+               async_save: bool = True):
+    self.directory = os.path.abspath(checkpoint_dir(workdir))
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, keep_period=keep_every, create=True,
+        enable_async_checkpointing=async_save)
+    self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def save(self, state: dict, *, data_state: dict, meta: dict) -> None:
+    step = int(jax.device_get(state["step"]))
+    self.manager.save(step, args=ocp.args.Composite(
+        params=ocp.args.StandardSave(state["params"]),
+        opt_state=ocp.args.StandardSave(state["opt_state"]),
+        data=ocp.args.JsonSave(data_state),
+        meta=ocp.args.JsonSave(meta)), force=True)
+
+  def restore_latest(self, target_state: dict):
+    """``(state, data_state, meta)`` of the newest readable checkpoint, or ``None`` if none exist.
+
+    A corrupt or half-written newest checkpoint is reported and the previous one is used; nothing
+    is deleted.
+    """
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            params=ocp.args.StandardRestore(abstract(target_state["params"])),
+            opt_state=ocp.args.StandardRestore(abstract(target_state["opt_state"])),
+            data=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()))
+      except Exception as e:  # noqa: BLE001  (any unreadable checkpoint falls back to the previous)
+        logging.warning("checkpoint %s/%d is unreadable (%s: %s); trying the previous one",
+                        self.directory, step, type(e).__name__, str(e).splitlines()[0][:200])
+        continue
+      state = {"params": restored["params"], "opt_state": restored["opt_state"],
+               "step": jax.numpy.asarray(step, jax.numpy.int32)}
+      return state, restored["data"], restored["meta"]
+    return None
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+def restore_params(workdir_or_dir: str, step: int | None = None) -> tuple[dict, dict]:
+  """``(params, meta)`` of another run (params only: no optimizer state is read).
+
+  ``workdir_or_dir`` is a run's workdir or its ``checkpoints`` directory; ``step`` defaults to the
+  newest. Raises ``FileNotFoundError`` with the path when there is nothing to restore.
+  """
+  directory = workdir_or_dir
+  if os.path.isdir(checkpoint_dir(workdir_or_dir)):
+    directory = checkpoint_dir(workdir_or_dir)
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f"no checkpoints at {directory}: train that run first")
+  manager = ocp.CheckpointManager(os.path.abspath(directory),
+                                  options=ocp.CheckpointManagerOptions(read_only=True))
+  try:
+    steps = manager.all_steps()
+    if not steps:
+      raise FileNotFoundError(f"no checkpoints at {directory}: train that run first")
+    step = max(steps) if step is None else step
+    if step not in steps:
+      raise FileNotFoundError(f"no checkpoint for step {step} in {directory} (have {sorted(steps)})")
+    restored = manager.restore(step, args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+  finally:
+    manager.close()
+  params = jax.tree_util.tree_map(np.asarray, normalize_keys(restored["params"]))
+  return params, dict(restored["meta"] or {})

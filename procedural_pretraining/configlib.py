@@ -1,0 +1,134 @@
+"""Config files, their argument strings, validation, and the resolved-config record.
+
+Config files live in ``configs/`` and define ``get_config(arg: str | None)`` (big_vision style):
+``--config=configs/diagnostic.py:pretrain=dyck,seeds=5,runlocal``. ``parse_arg`` turns that string into
+a typed ``ConfigDict`` using the defaults' types, so a typo or a wrong type is an error, not a silent
+string. ``runlocal`` is the shared switch that shrinks a config to laptop size.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import ml_collections
+
+
+class ConfigError(ValueError):
+  """A config problem the user can fix; the CLI prints it on one line and exits with code 2."""
+
+
+def _parse_bool(key: str, text: str) -> bool:
+  lowered = text.lower()
+  if lowered in ("1", "true", "yes", "on", ""):
+    return True
+  if lowered in ("0", "false", "no", "off"):
+    return False
+  raise ConfigError(f"config argument {key}={text!r} is not a boolean (use {key}=true/false)")
+
+
+def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
+  """Parses ``'a=1,b=x,flag'`` against typed defaults (``bool``, ``int``, ``float``, ``str``).
+
+  A bare ``flag`` means ``flag=True``. Values are cast to the type of their default; unknown keys
+  and uncastable values raise ``ConfigError`` naming the key and the accepted keys.
+  """
+  values = dict(defaults)
+  for item in filter(None, (part.strip() for part in (arg or "").split(","))):
+    key, _, text = item.partition("=")
+    key = key.strip()
+    if key not in defaults:
+      raise ConfigError(f"unknown config argument {key!r}; accepted: {', '.join(sorted(defaults))}")
+    default = defaults[key]
+    if isinstance(default, bool):
+      values[key] = _parse_bool(key, text) if "=" in item else True
+    elif "=" not in item:
+      raise ConfigError(f"config argument {key!r} needs a value ({key}=...)")
+    elif isinstance(default, int):
+      try:
+        values[key] = int(text)
+      except ValueError:
+        raise ConfigError(f"config argument {key}={text!r} is not an integer") from None
+    elif isinstance(default, float):
+      try:
+        values[key] = float(text)
+      except ValueError:
+        raise ConfigError(f"config argument {key}={text!r} is not a number") from None
+    else:
+      values[key] = text
+  return ml_collections.ConfigDict(values)
+
+
+def require(condition: bool, message: str) -> None:
+  if not condition:
+    raise ConfigError(message)
+
+
+def check_choice(name: str, value: Any, choices) -> None:
+  require(value in choices, f"config {name}={value!r} is not one of {sorted(choices)}")
+
+
+def to_json_dict(config: ml_collections.ConfigDict) -> dict:
+  return json.loads(config.to_json_best_effort())
+
+
+def write_resolved(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """Writes the fully resolved config to ``workdir/config.json`` (what was actually run)."""
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, "config.json")
+  with open(path, "w") as f:
+    json.dump(to_json_dict(config), f, indent=2, sort_keys=True)
+  return path
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every key a training run understands, with defaults; config files override what they need.
+
+  Config files return this structure (with ``lock_config=True`` on the command line, so an unknown
+  ``--config.x.y`` is an error instead of a silently ignored key).
+  """
+  c = ml_collections.ConfigDict()
+  c.seed = 0  # drives init, data streams, test sets and dropout (explicit keys per purpose)
+
+  c.model = ml_collections.ConfigDict()
+  c.model.size = "2_4_16"  # layers_heads_width
+  c.model.tie_word_embeddings = True
+  c.model.dropout = 0.1  # embd/attn/resid pdrop
+  c.model.compute_dtype = "float32"
+  c.model.n_positions = 0  # 0: the data's context
+
+  c.data = ml_collections.ConfigDict()
+  c.data.source = "procedural"  # 'procedural' | 'task'
+  c.data.family = "dyck"  # procedural family (prefix 'shuffled_' for its control)
+  c.data.params = ml_collections.ConfigDict()  # family parameters (reference defaults if empty)
+  c.data.task = "condattendstream_30"  # downstream task id (source='task')
+  c.data.context = 0  # pad samples to this many tokens (0: the family's/task's own)
+  c.data.eval_samples = 1024  # fixed validation samples (procedural)
+  c.data.test_samples = 4000  # fixed test set size (tasks)
+  c.data.eval_batch_size = 1024
+
+  c.train = ml_collections.ConfigDict()
+  c.train.steps = 1000
+  c.train.batch_size = 64
+  c.train.grad_accum = 1
+  c.train.steps_per_dispatch = 1  # optimizer steps fused into one jitted lax.scan
+  c.train.lr = 1e-3
+  c.train.schedule = "cosine"  # constant | linear | cosine
+  c.train.warmup_steps = 0
+  c.train.min_lr_ratio = 0.0  # floor of the decay (reference stage 1: 0.1)
+  c.train.weight_decay = 0.01
+  c.train.decay_mask = "all"  # all | no_bias_ln
+  c.train.b1 = 0.9
+  c.train.b2 = 0.999
+  c.train.eps = 1e-8
+  c.train.grad_clip = 1.0
+  c.train.loss_positions = 0  # >0: last block/head only at that many loss positions per row
+  c.train.log_every = 50
+  c.train.eval_every = 500
+
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every = 1000  # steps between checkpoints (0: only the final one)
+  c.checkpoint.keep = 2  # newest checkpoints kept
+  c.checkpoint.keep_every = 0  # also keep every N-th step forever (0: off)
+  return c

@@ -1,0 +1,63 @@
+"""Command-line entry point: ``python -m procedural_pretraining.main --config=… --workdir=…``.
+
+Exit codes: 0 done; 2 a configuration problem (one line on stderr says what and how to fix it);
+3 the loss became NaN/Inf. Checkpoints already written are never touched on error.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from procedural_pretraining import configlib
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file with get_config(arg), e.g. configs/procedural.py:family=dyck",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for config.json, metrics, checkpoints.")
+
+
+def _fail(code: int, message: str):
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(code)
+
+
+def _one_line(error: BaseException) -> str:
+  text = str(error).strip()
+  line = text.splitlines()[-1] if text else repr(error)
+  return re.sub(r"^(\w+\.)*\w*Error: ", "", line)  # drop wrapped exception class names
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's parser, but a bad flag or config is one line and exit code 2 (not a traceback)."""
+  try:
+    return flags.FLAGS(argv)
+  except (KeyError, AttributeError) as e:
+    # ml_collections raises these for an override of a key the config does not have.
+    key = str(e).strip("'\"")
+    culprit = next((a for a in argv if a.startswith("--config.") and key in a), "an override")
+    _fail(2, f"unknown config key {key!r} in {culprit}; see the config file (or a run's "
+             "config.json) for the valid keys")
+  except (flags.Error, configlib.ConfigError, TypeError, ValueError) as e:
+    _fail(2, _one_line(e))
+
+
+def main(argv: list[str]) -> None:
+  del argv
+  if _CONFIG.value is None or not _WORKDIR.value:
+    _fail(2, "both --config=<file>[:args] and --workdir=<dir> are required")
+  from procedural_pretraining import train  # after flags: JAX starts only for a valid command
+
+  try:
+    train.run(_CONFIG.value, _WORKDIR.value)
+  except configlib.ConfigError as e:
+    _fail(2, str(e))
+  except train.NonFiniteLossError as e:
+    _fail(3, str(e))
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,310 @@
+"""GPT-2 in Flax NNX, numerically the Hugging Face ``GPT2LMHeadModel`` (method-spec §1).
+
+Parameter paths keep the Hugging Face names (``wte``, ``wpe``, ``h/<i>/ln_1``,
+``h/<i>/attn/c_attn``, ``h/<i>/attn/c_proj``, ``h/<i>/ln_2``, ``h/<i>/mlp/c_fc``,
+``h/<i>/mlp/c_proj``, ``ln_f``, ``lm_head``) so that
+selective transfer is a predicate on paths. Every weight carries logical sharding axis names
+(``vocab``, ``embed``, ``heads``, ``mlp``, ``position``) that ``sharding.py`` maps onto a mesh.
+
+The forward pass is explicit about randomness: dropout draws from a ``dropout_key`` argument rather
+than from module-held RNG state, so the train step stays a pure function of
+``(params, batch, key)`` that can be ``jit``-ed, ``vmap``-ed over seeds and replayed exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import re
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+# Logical axis names of every weight; sharding.py maps them to mesh axes.
+AXES = {
+    "wte": ("vocab", "embed"),
+    "wpe": ("position", "embed"),
+    "ln": ("embed",),
+    "c_attn_kernel": ("embed", "heads"),
+    "c_attn_bias": ("heads",),
+    "attn_proj_kernel": ("heads", "embed"),
+    "c_fc_kernel": ("embed", "mlp"),
+    "c_fc_bias": ("mlp",),
+    "mlp_proj_kernel": ("mlp", "embed"),
+    "proj_bias": ("embed",),
+    "lm_head": ("embed", "vocab"),
+}
+
+_SIZE_RE = re.compile(r"^(\d+)_(\d+)_(\d+)$")
+
+
+def parse_size(size: str) -> tuple[int, int, int]:
+  """``'layers_heads_width'`` (e.g. ``'12_12_768'``) → ``(n_layer, n_head, n_embd)``."""
+  match = _SIZE_RE.match(size)
+  if not match:
+    raise ValueError(f"model size {size!r} is not of the form layers_heads_width, e.g. '2_4_16'")
+  n_layer, n_head, n_embd = map(int, match.groups())
+  if min(n_layer, n_head, n_embd) < 1 or n_embd % n_head:
+    raise ValueError(f"model size {size!r}: width {n_embd} must be a positive multiple of the "
+                     f"{n_head} heads and there must be at least one layer")
+  return n_layer, n_head, n_embd
+
+
+@dataclasses.dataclass(frozen=True)
+class GPT2Config:
+  """Architecture of one GPT-2; field names follow Hugging Face's ``GPT2Config``."""
+
+  vocab_size: int
+  n_positions: int
+  n_layer: int = 2
+  n_head: int = 4
+  n_embd: int = 16
+  tie_word_embeddings: bool = True
+  embd_pdrop: float = 0.1
+  attn_pdrop: float = 0.1
+  resid_pdrop: float = 0.1
+  layer_norm_epsilon: float = 1e-5
+  initializer_range: float = 0.02
+  # 'float32' or 'bfloat16': dtype of matmuls; parameters, LayerNorm, softmax and logits stay fp32.
+  compute_dtype: str = "float32"
+
+  def __post_init__(self):
+    if self.vocab_size < 1 or self.n_positions < 1:
+      raise ValueError(f"vocab_size ({self.vocab_size}) and n_positions ({self.n_positions}) "
+                       "must be positive")
+    if self.n_embd % self.n_head:
+      raise ValueError(f"n_embd {self.n_embd} is not divisible by n_head {self.n_head}")
+    if self.compute_dtype not in ("float32", "bfloat16"):
+      raise ValueError(f"compute_dtype must be 'float32' or 'bfloat16', got {self.compute_dtype!r}")
+
+  @classmethod
+  def from_size(cls, size: str, **kwargs: Any) -> GPT2Config:
+    n_layer, n_head, n_embd = parse_size(size)
+    return cls(n_layer=n_layer, n_head=n_head, n_embd=n_embd, **kwargs)
+
+  @property
+  def size(self) -> str:
+    return f"{self.n_layer}_{self.n_head}_{self.n_embd}"
+
+  @property
+  def dtype(self):
+    return jnp.dtype(self.compute_dtype)
+
+
+def num_params(config: GPT2Config) -> int:
+  """Closed-form parameter count (method-spec §1.5)."""
+  d, n = config.n_embd, config.n_layer
+  per_block = 2 * 2 * d + (d * 3 * d + 3 * d) + (d * d + d) + (d * 4 * d + 4 * d) + (4 * d * d + d)
+  embeddings = config.vocab_size * d + config.n_positions * d
+  head = 0 if config.tie_word_embeddings else config.vocab_size * d
+  return embeddings + n * per_block + 2 * d + head
+
+
+def _normal(std: float, axes: tuple[str, ...]):
+  return nnx.with_partitioning(nnx.initializers.normal(std), axes)
+
+
+def _zeros(axes):
+  return nnx.with_partitioning(nnx.initializers.zeros_init(), axes)
+
+
+def _ones(axes):
+  return nnx.with_partitioning(nnx.initializers.ones_init(), axes)
+
+
+def _dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
+  if key is None or rate == 0.0:
+    return x
+  keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+  return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+
+
+def _layer_norm(config: GPT2Config, width: int, rngs: nnx.Rngs) -> nnx.LayerNorm:
+  # LayerNorm runs in fp32 even under bf16 compute (as HF autocast does).
+  return nnx.LayerNorm(width, epsilon=config.layer_norm_epsilon, dtype=jnp.float32,
+                       scale_init=_ones(AXES["ln"]), bias_init=_zeros(AXES["ln"]), rngs=rngs)
+
+
+def _dense(config, n_in, n_out, kernel_axes, bias_axes, std, rngs) -> nnx.Linear:
+  return nnx.Linear(n_in, n_out, dtype=config.dtype, param_dtype=jnp.float32,
+                    kernel_init=_normal(std, kernel_axes), bias_init=_zeros(bias_axes), rngs=rngs)
+
+
+class Attention(nnx.Module):
+  """Causal multi-head self-attention with a fused ``c_attn`` (q | k | v) projection."""
+
+  def __init__(self, config: GPT2Config, rngs: nnx.Rngs):
+    d, std = config.n_embd, config.initializer_range
+    residual_std = std / math.sqrt(2 * config.n_layer)
+    self.n_head = config.n_head
+    self.attn_pdrop = config.attn_pdrop
+    self.resid_pdrop = config.resid_pdrop
+    self.c_attn = _dense(config, d, 3 * d, AXES["c_attn_kernel"], AXES["c_attn_bias"], std, rngs)
+    self.c_proj = _dense(config, d, d, AXES["attn_proj_kernel"], AXES["proj_bias"],
+                         residual_std, rngs)
+
+  def __call__(self, x_BxTxD, *, key_mask_BxT=None, query_positions_BxP=None, dropout_key=None,
+               return_attention=False):
+    batch, length, width = x_BxTxD.shape
+    head_dim = width // self.n_head
+    qkv = self.c_attn(x_BxTxD)
+    q, k, v = jnp.split(qkv, 3, axis=-1)
+    query_index = jnp.arange(length)[None, :]
+    if query_positions_BxP is not None:
+      # Only these query rows are needed (e.g. the loss-bearing positions of the last block).
+      q = jnp.take_along_axis(q, query_positions_BxP[..., None], axis=1)
+      query_index = query_positions_BxP
+    heads = lambda t: t.reshape(batch, t.shape[1], self.n_head, head_dim)
+    q, k, v = heads(q), heads(k), heads(v)
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+    scores = scores / jnp.sqrt(jnp.float32(head_dim))
+    allowed = jnp.arange(length)[None, None, :] <= query_index[..., None]  # [B|1, Q, K]
+    if key_mask_BxT is not None:
+      allowed = allowed & key_mask_BxT[:, None, :].astype(bool)
+    scores = jnp.where(allowed[:, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1)
+    attn_key, resid_key = (None, None) if dropout_key is None else jax.random.split(dropout_key)
+    dropped = _dropout(probs, self.attn_pdrop, attn_key)
+    out = jnp.einsum("bhqk,bkhd->bqhd", dropped.astype(v.dtype), v)
+    out = self.c_proj(out.reshape(batch, out.shape[1], width))
+    out = _dropout(out, self.resid_pdrop, resid_key)
+    return out, (probs if return_attention else None)
+
+
+class MLP(nnx.Module):
+  def __init__(self, config: GPT2Config, rngs: nnx.Rngs):
+    d, std = config.n_embd, config.initializer_range
+    residual_std = std / math.sqrt(2 * config.n_layer)
+    self.resid_pdrop = config.resid_pdrop
+    self.c_fc = _dense(config, d, 4 * d, AXES["c_fc_kernel"], AXES["c_fc_bias"], std, rngs)
+    self.c_proj = _dense(config, 4 * d, d, AXES["mlp_proj_kernel"], AXES["proj_bias"],
+                         residual_std, rngs)
+
+  def __call__(self, x, dropout_key=None):
+    hidden = jax.nn.gelu(self.c_fc(x), approximate=True)  # HF "gelu_new"
+    return _dropout(self.c_proj(hidden), self.resid_pdrop, dropout_key)
+
+
+class Block(nnx.Module):
+  """Pre-LayerNorm transformer block."""
+
+  def __init__(self, config: GPT2Config, rngs: nnx.Rngs):
+    self.ln_1 = _layer_norm(config, config.n_embd, rngs)
+    self.attn = Attention(config, rngs)
+    self.ln_2 = _layer_norm(config, config.n_embd, rngs)
+    self.mlp = MLP(config, rngs)
+
+  def __call__(self, h, *, key_mask_BxT=None, query_positions_BxP=None, dropout_key=None,
+               return_attention=False):
+    attn_key, mlp_key = (None, None) if dropout_key is None else jax.random.split(dropout_key)
+    normed = self.ln_1(h).astype(h.dtype)
+    attn_out, probs = self.attn(normed, key_mask_BxT=key_mask_BxT,
+                                query_positions_BxP=query_positions_BxP, dropout_key=attn_key,
+                                return_attention=return_attention)
+    if query_positions_BxP is not None:
+      h = jnp.take_along_axis(h, query_positions_BxP[..., None], axis=1)
+    h = h + attn_out.astype(h.dtype)
+    h = h + self.mlp(self.ln_2(h).astype(h.dtype), mlp_key).astype(h.dtype)
+    return h, probs
+
+
+class GPT2(nnx.Module):
+  """GPT-2 language model: ``tokens [B, T] → logits [B, T, V]`` (fp32)."""
+
+  def __init__(self, config: GPT2Config, *, rngs: nnx.Rngs):
+    self.config = config
+    std = config.initializer_range
+    self.wte = nnx.Embed(config.vocab_size, config.n_embd, embedding_init=_normal(std, AXES["wte"]),
+                         rngs=rngs)
+    self.wpe = nnx.Embed(config.n_positions, config.n_embd,
+                         embedding_init=_normal(std, AXES["wpe"]), rngs=rngs)
+    self.h = nnx.List([Block(config, rngs) for _ in range(config.n_layer)])
+    self.ln_f = _layer_norm(config, config.n_embd, rngs)
+    if not config.tie_word_embeddings:
+      self.lm_head = nnx.Linear(config.n_embd, config.vocab_size, use_bias=False,
+                                dtype=config.dtype, param_dtype=jnp.float32,
+                                kernel_init=_normal(std, AXES["lm_head"]), rngs=rngs)
+
+  def __call__(self, tokens_BxT: jax.Array, *, attention_mask_BxT: jax.Array | None = None,
+               query_positions_BxP: jax.Array | None = None, dropout_key: jax.Array | None = None,
+               return_attention: bool = False):
+    """Logits ``[B, T, V]`` (or ``[B, P, V]`` at ``query_positions_BxP``).
+
+    Args:
+      attention_mask_BxT: optional key-padding mask (1 = attend), as HF's ``attention_mask``.
+      query_positions_BxP: if given, the last block, ``ln_f`` and the head run only at these
+        positions (keys/values still come from every position). Identical results there, much less
+        work when the loss is sparse (one answer position in Haystack).
+      dropout_key: enables dropout (training); ``None`` = deterministic.
+      return_attention: also return the per-layer attention probabilities ``[B, H, Q, T]``.
+    """
+    config = self.config
+    length = tokens_BxT.shape[1]
+    if length > config.n_positions:
+      raise ValueError(f"sequence length {length} exceeds n_positions {config.n_positions}")
+    keys = [None] * (config.n_layer + 1)
+    if dropout_key is not None:
+      keys = list(jax.random.split(dropout_key, config.n_layer + 1))
+    h = self.wte(tokens_BxT) + self.wpe.embedding[:length][None]
+    h = _dropout(h.astype(config.dtype), config.embd_pdrop, keys[-1])
+    attentions = []
+    for i, block in enumerate(self.h):
+      last = i == config.n_layer - 1
+      h, probs = block(h, key_mask_BxT=attention_mask_BxT,
+                       query_positions_BxP=query_positions_BxP if last else None,
+                       dropout_key=keys[i], return_attention=return_attention)
+      attentions.append(probs)
+    if query_positions_BxP is not None and config.n_layer == 0:
+      h = jnp.take_along_axis(h, query_positions_BxP[..., None], axis=1)
+    h = self.ln_f(h)
+    if config.tie_word_embeddings:
+      logits = jnp.einsum("btd,vd->btv", h.astype(config.dtype),
+                          self.wte.embedding[...].astype(config.dtype),
+                          preferred_element_type=jnp.float32)
+    else:
+      logits = self.lm_head(h.astype(config.dtype))
+    logits = logits.astype(jnp.float32)
+    return (logits, attentions) if return_attention else logits
+
+
+def init_model(config: GPT2Config, seed_or_key: int | jax.Array) -> GPT2:
+  """A freshly initialised model; sharding annotations are metadata only (no mesh needed)."""
+  key = jax.random.key(seed_or_key) if isinstance(seed_or_key, int) else seed_or_key
+  with nnx.use_eager_sharding(False):
+    return GPT2(config, rngs=nnx.Rngs(params=key))
+
+
+def split_params(model: GPT2) -> tuple[nnx.GraphDef, nnx.State]:
+  """``(graphdef, params)``: the static structure and the ``nnx.Param`` state."""
+  return nnx.split(model, nnx.Param)
+
+
+def init_params(config: GPT2Config, key: jax.Array) -> dict:
+  """Pure dict of parameters (``jit``/``vmap``-able: e.g. ``jax.vmap(init_params)`` over seeds)."""
+  _, params = split_params(init_model(config, key))
+  return nnx.to_pure_dict(params)
+
+
+def apply(config: GPT2Config, params: dict, tokens_BxT: jax.Array, **kwargs):
+  """Runs the model from a pure parameter dict (the form the train step and checkpoints use)."""
+  return nnx.merge(graphdef(config), params)(tokens_BxT, **kwargs)
+
+
+@functools.lru_cache(maxsize=64)
+def graphdef(config: GPT2Config) -> nnx.GraphDef:
+  """The model's static structure, built once per config from a shape-only model."""
+  return split_params(_abstract_model(config))[0]
+
+
+def _abstract_model(config: GPT2Config) -> GPT2:
+  # Shape-only model: building the graph costs no FLOPs and allocates nothing.
+  return nnx.eval_shape(lambda: init_model(config, 0))
+
+
+def logical_axes(config: GPT2Config) -> dict:
+  """Pure dict (same structure as the params) of each weight's logical axis names."""
+  _, state = split_params(_abstract_model(config))
+  return nnx.to_pure_dict(nnx.get_partition_spec(state))

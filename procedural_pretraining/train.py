@@ -1,0 +1,381 @@
+"""Optimizer, schedules, the jitted train/eval steps over plain pytrees, and the training loop.
+
+The train state is a plain dict ``{'params', 'opt_state', 'step'}``. One dispatch runs ``K`` optimizer
+steps (``lax.scan``), each of ``A`` accumulated micro-batches; a tiny model on a CPU spends most of its
+time in dispatch overhead otherwise. Dropout keys are ``fold_in(run_key, step)``, so a resumed run
+replays exactly the randomness the uninterrupted one would have used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from procedural_pretraining import evaluate, model
+from procedural_pretraining.configlib import ConfigError, check_choice, require
+
+SCHEDULES = ("constant", "linear", "cosine")
+DECAY_MASKS = ("all", "no_bias_ln")
+
+
+class NonFiniteLossError(FloatingPointError):
+  """Raised when the training loss becomes NaN/Inf; the run stops, checkpoints stay intact."""
+
+
+def lr_multiplier(step, *, kind: str, warmup: int, total: int, floor: float):
+  """Learning-rate multiplier at optimizer step ``step`` (method-spec §3.1 and §4.1).
+
+  Linear warm-up from 0 over ``warmup`` steps, then ``constant`` / ``linear`` / ``cosine`` decay
+  clipped below at ``floor`` (the reference's stage-1 rule with floor 0.1: ``max(0.1, ½(1+cos πp))``;
+  floor 0 gives Hugging Face's warm-up-then-cosine-to-zero), and ``floor`` from ``total`` on.
+  """
+  step = jnp.asarray(step, jnp.float32)
+  warm = step / max(1, warmup)
+  progress = jnp.clip((step - warmup) / max(1, total - warmup), 0.0, 1.0)
+  if kind == "constant":
+    decayed = jnp.ones_like(progress)
+  elif kind == "linear":
+    decayed = jnp.maximum(floor, 1.0 - progress)
+  elif kind == "cosine":
+    decayed = jnp.maximum(floor, 0.5 * (1.0 + jnp.cos(jnp.pi * progress)))
+  else:
+    raise ValueError(f"unknown schedule {kind!r}; use one of {SCHEDULES}")
+  multiplier = jnp.where(step < warmup, warm, decayed)
+  return jnp.where(step >= total, floor, multiplier)
+
+
+def make_schedule(train_cfg: ml_collections.ConfigDict) -> optax.Schedule:
+  return lambda step: train_cfg.lr * lr_multiplier(
+      step, kind=train_cfg.schedule, warmup=train_cfg.warmup_steps, total=train_cfg.steps,
+      floor=train_cfg.min_lr_ratio)
+
+
+def _path_names(path) -> list[str]:
+  return [str(getattr(entry, "key", getattr(entry, "idx", entry))) for entry in path]
+
+
+def decay_mask(params, mode: str):
+  """Which leaves get weight decay: ``all`` (reference stage 1) or ``no_bias_ln`` (HF Trainer)."""
+  check_choice("train.decay_mask", mode, DECAY_MASKS)
+
+  def decays(path, _):
+    names = _path_names(path)
+    if mode == "all":
+      return True
+    return names[-1] != "bias" and not any(n.startswith("ln_") for n in names)
+
+  return jax.tree_util.tree_map_with_path(decays, params)
+
+
+def make_optimizer(train_cfg: ml_collections.ConfigDict, params, trainable=None):
+  """AdamW with explicit decay mask and global-norm clipping; frozen leaves get no update at all.
+
+  ``trainable`` is an optional bool pytree; frozen leaves go through ``set_to_zero`` (neither the
+  gradient step nor weight decay touches them, and they do not count in the clipping norm).
+  """
+  chain = []
+  if train_cfg.grad_clip > 0:
+    chain.append(optax.clip_by_global_norm(train_cfg.grad_clip))
+  chain.append(optax.adamw(make_schedule(train_cfg), b1=train_cfg.b1, b2=train_cfg.b2,
+                           eps=train_cfg.eps, weight_decay=train_cfg.weight_decay,
+                           mask=decay_mask(params, train_cfg.decay_mask)))
+  tx = optax.chain(*chain)
+  if trainable is None:
+    return tx
+  labels = jax.tree_util.tree_map(lambda t: "train" if t else "frozen", trainable)
+  return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepFunctions:
+  """The pure (un-jitted) step functions of one run; jit/vmap/shard them as needed."""
+
+  train: Callable  # (state, batches [K, A, b, T], run_key) -> (state, metrics [K])
+  evaluate: Callable  # (params, batch [B, T]) -> metric sums
+
+
+def make_step_functions(model_config: model.GPT2Config, tx: optax.GradientTransformation,
+                        schedule: optax.Schedule, *, loss_positions: int = 0) -> StepFunctions:
+  """Builds the train and eval steps.
+
+  ``loss_positions > 0`` computes the last block, ``ln_f`` and the head only at the first that many
+  loss-bearing positions of each row (exact, as long as no row has more; ``overflow`` counts any).
+  """
+
+  def forward_sums(params, batch, dropout_key):
+    positions = overflow = None
+    if loss_positions:
+      positions, overflow = evaluate.loss_positions(batch, loss_positions)
+    logits = model.apply(model_config, params, batch["tokens"], query_positions_BxP=positions,
+                         dropout_key=dropout_key)
+    sums = evaluate.token_metrics(logits, batch, positions)
+    sums["overflow"] = jnp.float32(0) if overflow is None else overflow.sum().astype(jnp.float32)
+    return sums
+
+  def micro_loss(params, micro, dropout_key, denominator):
+    sums = forward_sums(params, micro, dropout_key)
+    return sums["loss_sum"] / denominator, sums
+
+  grad_fn = jax.grad(micro_loss, has_aux=True)
+
+  def one_step(state, batch_AxBxT, dropout_key):
+    # Token-weighted accumulation: the sum of micro-batch gradients of loss_sum / (all tokens) is
+    # exactly the gradient of one big batch's token-mean loss.
+    denominator = jnp.maximum(evaluate.prediction_mask(
+        batch_AxBxT["loss_mask"].reshape(-1, batch_AxBxT["loss_mask"].shape[-1])).sum(), 1)
+    denominator = denominator.astype(jnp.float32)
+    num_micro = batch_AxBxT["tokens"].shape[0]
+    micro_keys = jax.random.split(dropout_key, num_micro)
+    params = state["params"]
+    if num_micro == 1:
+      grads, sums = grad_fn(params, jax.tree_util.tree_map(lambda x: x[0], batch_AxBxT),
+                            micro_keys[0], denominator)
+    else:
+      def accumulate(carry, xs):
+        micro, key = xs
+        grads, sums = grad_fn(params, micro, key, denominator)
+        return jax.tree_util.tree_map(jnp.add, carry, (grads, sums)), None
+
+      zeros = jax.tree_util.tree_map(jnp.zeros_like, jax.eval_shape(
+          grad_fn, params, jax.tree_util.tree_map(lambda x: x[0], batch_AxBxT), micro_keys[0],
+          denominator))
+      (grads, sums), _ = jax.lax.scan(accumulate, zeros, (batch_AxBxT, micro_keys))
+    updates, opt_state = tx.update(grads, state["opt_state"], params)
+    new_state = {"params": optax.apply_updates(params, updates), "opt_state": opt_state,
+                 "step": state["step"] + 1}
+    sums["grad_norm"] = optax.global_norm(grads)
+    sums["lr"] = jnp.asarray(schedule(state["step"]), jnp.float32)
+    return new_state, sums
+
+  def train(state, batches_KxAxBxT, run_key):
+    def body(state, batch):
+      return one_step(state, batch, jax.random.fold_in(run_key, state["step"]))
+    return jax.lax.scan(body, state, batches_KxAxBxT)
+
+  def eval_sums(params, batch):
+    return forward_sums(params, batch, None)
+
+  return StepFunctions(train=train, evaluate=eval_sums)
+
+
+def init_state(params, tx) -> dict:
+  return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+
+
+def evaluate_sets(eval_fn, params, eval_sets: dict) -> dict:
+  """Means over each fixed eval set, keyed ``<set>/<metric>``."""
+  out = {}
+  for name, batches in eval_sets.items():
+    totals = None
+    for batch in batches:
+      sums = jax.device_get(eval_fn(params, batch))
+      totals = sums if totals is None else {k: totals[k] + sums[k] for k in sums}
+    for key, value in evaluate.finalize(totals).items():
+      out[f"{name}/{key}"] = float(value)
+  return out
+
+
+def validate_train_config(cfg: ml_collections.ConfigDict) -> None:
+  check_choice("train.schedule", cfg.schedule, SCHEDULES)
+  check_choice("train.decay_mask", cfg.decay_mask, DECAY_MASKS)
+  require(cfg.steps >= 1, f"config train.steps={cfg.steps} must be ≥ 1")
+  require(cfg.batch_size >= 1, f"config train.batch_size={cfg.batch_size} must be ≥ 1")
+  require(cfg.grad_accum >= 1 and cfg.batch_size % cfg.grad_accum == 0,
+          f"config train.batch_size={cfg.batch_size} must be a multiple of "
+          f"train.grad_accum={cfg.grad_accum}")
+  require(cfg.steps_per_dispatch >= 1, "config train.steps_per_dispatch must be ≥ 1")
+  require(cfg.lr > 0, f"config train.lr={cfg.lr} must be > 0")
+  require(0.0 <= cfg.min_lr_ratio <= 1.0, "config train.min_lr_ratio must be in [0, 1]")
+  require(cfg.warmup_steps >= 0, "config train.warmup_steps must be ≥ 0")
+
+
+def stack_dispatch(batches: list[dict], grad_accum: int) -> dict:
+  """``K`` step batches ``[B, T]`` → one dispatch ``[K, A, B/A, T]``."""
+  stacked = {k: np.stack([b[k] for b in batches]) for k in batches[0]}
+  return {k: v.reshape(v.shape[0], grad_accum, v.shape[1] // grad_accum, *v.shape[2:])
+          for k, v in stacked.items()}
+
+
+def check_finite(metrics: dict, step: int) -> None:
+  loss = metrics["loss"]
+  if not math.isfinite(loss):
+    raise NonFiniteLossError(
+        f"training loss became {loss} at step {step}; lower train.lr, set train.grad_clip, or check "
+        "the data (run stopped; checkpoints already written are intact)")
+
+
+class Throughput:
+  """Tokens/s and steps/s over the run, excluding the first dispatch (compilation)."""
+
+  def __init__(self):
+    self.start = None
+    self.steps = 0
+    self.tokens = 0
+
+  def update(self, steps: int, tokens: int):
+    if self.start is None:
+      self.start = time.perf_counter()
+      return
+    self.steps += steps
+    self.tokens += tokens
+
+  @property
+  def elapsed(self) -> float:
+    return 0.0 if self.start is None else time.perf_counter() - self.start
+
+  def rates(self) -> dict:
+    elapsed = max(self.elapsed, 1e-9)
+    if not self.steps:
+      return {}
+    return {"steps_per_s": self.steps / elapsed, "tokens_per_s": self.tokens / elapsed}
+
+
+@dataclasses.dataclass
+class FitResult:
+  state: dict
+  final_eval: dict
+  throughput: dict
+
+
+def fit(config: ml_collections.ConfigDict, *, data, model_config: model.GPT2Config, params,
+        log, trainable=None, state=None, on_dispatch: Callable | None = None) -> FitResult:
+  """Trains ``params`` on ``data`` for ``config.train.steps`` steps (from ``state['step']`` if given).
+
+  ``on_dispatch(state, step)`` runs after every dispatch (checkpointing, signals); it sees the state
+  *before* the host has fetched that dispatch's metrics, so it never forces a device sync.
+  """
+  from procedural_pretraining.data import pipeline  # noqa: PLC0415  (avoid a cycle at import)
+
+  tcfg = config.train
+  validate_train_config(tcfg)
+  tx = make_optimizer(tcfg, params, trainable)
+  functions = make_step_functions(model_config, tx, make_schedule(tcfg),
+                                  loss_positions=tcfg.loss_positions)
+  train_fn = jax.jit(functions.train, donate_argnums=0)
+  eval_fn = jax.jit(functions.evaluate)
+  state = init_state(params, tx) if state is None else state
+  step = int(state["step"])
+  run_key = jax.random.fold_in(jax.random.key(config.seed), 0x0D0F)  # the dropout stream
+  stream = pipeline.train_stream(data, step, tcfg.steps)
+  throughput = Throughput()
+  pending = None
+
+  def drain():
+    first, metrics, count = pending
+    metrics = jax.device_get(metrics)
+    if metrics["overflow"].sum() > 0:
+      raise ConfigError(f"train.loss_positions={tcfg.loss_positions} is smaller than the number "
+                        "of loss positions of some samples; raise it or set 0 (all positions)")
+    for j in range(count):
+      done = first + j + 1
+      means = evaluate.finalize({k: v[j] for k, v in metrics.items()})
+      check_finite(means, done)
+      if done % tcfg.log_every == 0 or done == tcfg.steps:
+        log.write(done, {f"train/{k}": v for k, v in means.items() if k != "overflow"}
+                  | throughput.rates())
+    log.advance(count, {"loss": float(means["loss"])} | throughput.rates())
+
+  while step < tcfg.steps:
+    count = min(tcfg.steps_per_dispatch, tcfg.steps - step)
+    batches = [next(stream) for _ in range(count)]
+    state, metrics = train_fn(state, stack_dispatch(batches, tcfg.grad_accum), run_key)
+    if pending is not None:
+      drain()
+    throughput.update(count, count * batches[0]["tokens"].size)
+    pending = (step, metrics, count)
+    step += count
+    if on_dispatch is not None:
+      on_dispatch(state, step)
+    if step % tcfg.eval_every < count or step == tcfg.steps:
+      drain()
+      pending = None
+      log.write(step, evaluate_sets(eval_fn, state["params"], data.eval_sets))
+  if pending is not None:
+    drain()
+  final_eval = evaluate_sets(eval_fn, state["params"], data.eval_sets)
+  return FitResult(state=state, final_eval=final_eval, throughput=throughput.rates())
+
+
+INIT_TAG = 0x1417  # fold-in tag of the parameter-init key (the dropout stream uses another)
+
+
+def model_config_for(config: ml_collections.ConfigDict, data) -> model.GPT2Config:
+  """The GPT-2 of ``config.model`` sized to ``data``'s vocabulary and context."""
+  mcfg = config.model
+  try:
+    return model.GPT2Config.from_size(
+        mcfg.size, vocab_size=data.vocab_size, n_positions=mcfg.n_positions or data.context,
+        tie_word_embeddings=mcfg.tie_word_embeddings, embd_pdrop=mcfg.dropout,
+        attn_pdrop=mcfg.dropout, resid_pdrop=mcfg.dropout, compute_dtype=mcfg.compute_dtype)
+  except ValueError as e:
+    raise ConfigError(f"config model: {e}") from None
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """One training run end to end: data → model → (resume) → fit → checkpoint → ``results.json``.
+
+  Re-running the same command in the same ``workdir`` resumes from the newest checkpoint, at the
+  same data position and with the same dropout keys, so it ends where an uninterrupted run would.
+  """
+  import json  # noqa: PLC0415
+  import os  # noqa: PLC0415
+
+  from procedural_pretraining import checkpoint, configlib, metric_log  # noqa: PLC0415
+  from procedural_pretraining.data import pipeline  # noqa: PLC0415
+
+  validate_train_config(config.train)
+  data = pipeline.make_data(config.data, seed=config.seed, batch_size=config.train.batch_size)
+  model_config = model_config_for(config, data)
+  configlib.write_resolved(config, workdir)
+  params = model.init_params(model_config, jax.random.fold_in(jax.random.key(config.seed), INIT_TAG))
+  checkpointer = checkpoint.Checkpointer(workdir, keep=config.checkpoint.keep,
+                                         keep_every=config.checkpoint.keep_every or None)
+  state = None
+  template = jax.eval_shape(lambda p: init_state(p, make_optimizer(config.train, p)), params)
+  restored = checkpointer.restore_latest(template)
+  if restored is not None:
+    state, data_state, _ = restored
+    if data_state.get("host_count", 1) != jax.process_count():
+      raise ConfigError(f"checkpoint in {checkpointer.directory} was written by "
+                        f"{data_state['host_count']} hosts, this run has {jax.process_count()}; "
+                        "resume with the same host count")
+    print(f"resuming from step {int(state['step'])} of {checkpointer.directory}")
+  meta = {"config": configlib.to_json_dict(config), "model": model_config.size,
+          "vocab_size": model_config.vocab_size, "n_positions": model_config.n_positions}
+
+  def save(state, step):
+    checkpointer.save(state, data_state={"next_step": step, "host_count": jax.process_count()},
+                      meta=meta | {"step": step, "tokens_seen": step * config.train.batch_size
+                                   * data.length})
+
+  def on_dispatch(state, step):
+    every = config.checkpoint.every
+    if every and step % every < config.train.steps_per_dispatch and step < config.train.steps:
+      save(state, step)
+
+  log = metric_log.MetricLog(workdir, config.train.steps,
+                             initial_step=0 if state is None else int(state["step"]))
+  try:
+    result = fit(config, data=data, model_config=model_config, params=params, log=log, state=state,
+                 on_dispatch=on_dispatch)
+    if checkpointer.latest_step() != config.train.steps:
+      save(result.state, config.train.steps)
+  finally:
+    log.close()
+    checkpointer.close()
+  results = {"final": result.final_eval, "throughput": result.throughput,
+             "num_params": model.num_params(model_config), "data": data.describe,
+             "steps": config.train.steps}
+  with open(os.path.join(workdir, "results.json"), "w") as f:
+    json.dump(results, f, indent=2, default=str)
+  summary = ", ".join(f"{k}={v:.4g}" for k, v in result.final_eval.items())
+  print(f"done: {config.train.steps} steps; {summary}; results in {workdir}")
+  return results
