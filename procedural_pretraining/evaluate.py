@@ -63,6 +63,15 @@ def token_metrics(logits_BxPxV: jax.Array, batch: dict, positions_BxP: jax.Array
   }
 
 
+def attention_entropy(attentions: list[jax.Array]) -> jax.Array:
+  """Mean entropy (nats) of the attention rows of every layer and head (masked keys contribute 0)."""
+  per_layer = []
+  for probs_BxHxQxK in attentions:
+    plogp = jnp.where(probs_BxHxQxK > 0, probs_BxHxQxK * jnp.log(jnp.maximum(probs_BxHxQxK, 1e-30)), 0)
+    per_layer.append(-plogp.sum(axis=-1).mean())
+  return jnp.mean(jnp.stack(per_layer))
+
+
 def finalize(sums: dict) -> dict:
   """Means from summed metrics (works on NumPy or JAX leaves)."""
   tokens = np.maximum(sums["loss_tokens"], 1.0)

@@ -49,10 +49,15 @@ def main(argv: list[str]) -> None:
   del argv
   if _CONFIG.value is None or not _WORKDIR.value:
     _fail(2, "both --config=<file>[:args] and --workdir=<dir> are required")
-  from procedural_pretraining import train  # after flags: JAX starts only for a valid command
+  # Imported after flag parsing: JAX starts only for a valid command.
+  from procedural_pretraining import diagnostic, train
 
+  runners = {"train": train.run, "diagnostic": diagnostic.run}
+  kind = _CONFIG.value.get("kind", "train")
+  if kind not in runners:
+    _fail(2, f"config kind {kind!r} is not one of {sorted(runners)}")
   try:
-    train.run(_CONFIG.value, _WORKDIR.value)
+    runners[kind](_CONFIG.value, _WORKDIR.value)
   except configlib.ConfigError as e:
     _fail(2, str(e))
   except train.NonFiniteLossError as e:

@@ -103,8 +103,12 @@ class StepFunctions:
 
 
 def make_step_functions(model_config: model.GPT2Config, tx: optax.GradientTransformation,
-                        schedule: optax.Schedule, *, loss_positions: int = 0) -> StepFunctions:
+                        schedule: optax.Schedule, *, loss_positions: int = 0,
+                        attention_entropy_weight: float = 0.0) -> StepFunctions:
   """Builds the train and eval steps.
+
+  ``attention_entropy_weight`` λ > 0 adds λ × (mean attention entropy over layers, heads and query
+  rows) to the loss: the attention-sharpening control of method-spec §8.3.
 
   ``loss_positions > 0`` computes the last block, ``ln_f`` and the head only at the first that many
   loss-bearing positions of each row (exact, as long as no row has more; ``overflow`` counts any).
@@ -114,15 +118,22 @@ def make_step_functions(model_config: model.GPT2Config, tx: optax.GradientTransf
     positions = overflow = None
     if loss_positions:
       positions, overflow = evaluate.loss_positions(batch, loss_positions)
-    logits = model.apply(model_config, params, batch["tokens"], query_positions_BxP=positions,
-                         dropout_key=dropout_key)
+    outputs = model.apply(model_config, params, batch["tokens"], query_positions_BxP=positions,
+                          dropout_key=dropout_key, return_attention=attention_entropy_weight > 0)
+    logits, attentions = outputs if attention_entropy_weight > 0 else (outputs, None)
     sums = evaluate.token_metrics(logits, batch, positions)
     sums["overflow"] = jnp.float32(0) if overflow is None else overflow.sum().astype(jnp.float32)
+    if attentions is not None:
+      sums["attention_entropy"] = evaluate.attention_entropy(attentions)
     return sums
 
-  def micro_loss(params, micro, dropout_key, denominator):
+  def micro_loss(params, micro, dropout_key, denominator, num_micro):
     sums = forward_sums(params, micro, dropout_key)
-    return sums["loss_sum"] / denominator, sums
+    loss = sums["loss_sum"] / denominator
+    if attention_entropy_weight > 0:
+      sums["attention_entropy"] = sums["attention_entropy"] / num_micro  # sums to the mean over A
+      loss = loss + attention_entropy_weight * sums["attention_entropy"]
+    return loss, sums
 
   grad_fn = jax.grad(micro_loss, has_aux=True)
 
@@ -137,16 +148,16 @@ def make_step_functions(model_config: model.GPT2Config, tx: optax.GradientTransf
     params = state["params"]
     if num_micro == 1:
       grads, sums = grad_fn(params, jax.tree_util.tree_map(lambda x: x[0], batch_AxBxT),
-                            micro_keys[0], denominator)
+                            micro_keys[0], denominator, 1)
     else:
       def accumulate(carry, xs):
         micro, key = xs
-        grads, sums = grad_fn(params, micro, key, denominator)
+        grads, sums = grad_fn(params, micro, key, denominator, num_micro)
         return jax.tree_util.tree_map(jnp.add, carry, (grads, sums)), None
 
       zeros = jax.tree_util.tree_map(jnp.zeros_like, jax.eval_shape(
           grad_fn, params, jax.tree_util.tree_map(lambda x: x[0], batch_AxBxT), micro_keys[0],
-          denominator))
+          denominator, num_micro))
       (grads, sums), _ = jax.lax.scan(accumulate, zeros, (batch_AxBxT, micro_keys))
     updates, opt_state = tx.update(grads, state["opt_state"], params)
     new_state = {"params": optax.apply_updates(params, updates), "opt_state": opt_state,
@@ -258,7 +269,8 @@ def fit(config: ml_collections.ConfigDict, *, data, model_config: model.GPT2Conf
   validate_train_config(tcfg)
   tx = make_optimizer(tcfg, params, trainable)
   functions = make_step_functions(model_config, tx, make_schedule(tcfg),
-                                  loss_positions=tcfg.loss_positions)
+                                  loss_positions=tcfg.loss_positions,
+                                  attention_entropy_weight=tcfg.attention_entropy_weight)
   train_fn = jax.jit(functions.train, donate_argnums=0)
   eval_fn = jax.jit(functions.evaluate)
   state = init_state(params, tx) if state is None else state

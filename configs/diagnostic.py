@@ -1,0 +1,38 @@
+"""The diagnostic experiment: procedural warm-up → transfer → algorithmic task vs scratch, many seeds.
+
+  python -m procedural_pretraining.main \
+      --config=configs/diagnostic.py:pretrain=dyck,task=haystack,arms=baseline+everything+attn+mlp,seeds=10 \
+      --workdir=workdirs/dyck_haystack
+
+Stage 1 trains into <workdir>/stage1 (reused if it already finished there; or point
+--config.stage1_workdir at another finished run). Arms: baseline, everything, attn, mlp, ln, embed,
+heads, components joined by '_' (attn_mlp_ln), optionally from other runs (attn=A_mlp=B with
+--config.sources.A=<workdir>), with controls @noise<σ>, @relnoise<σ>, @shuffle, baseline@entropy<λ>.
+Outputs: results.json, results.md (table), accuracy.png (curves per arm).
+"""
+
+import ml_collections
+
+from procedural_pretraining import configlib, recipes
+
+
+def get_config(arg=None):
+  args = configlib.parse_arg(
+      arg, pretrain="dyck", task="haystack", arms="baseline+everything", seeds=5, first_seed=0,
+      stage1_steps=3000, stage1_lr=1e-2, stage1_batch=128, stage1_seed=0, task_steps=10000,
+      task_batch=256, embedding="average", train="everything", runlocal=False)
+  config = ml_collections.ConfigDict()
+  config.kind = "diagnostic"
+  config.stage1 = recipes.stage1(args.pretrain, steps=args.stage1_steps, batch=args.stage1_batch,
+                                 lr=args.stage1_lr, seed=args.stage1_seed, runlocal=args.runlocal)
+  config.stage1_workdir = ""
+  config.gate = ml_collections.ConfigDict({"min_closing_accuracy": 0.95, "stop": False})
+  config.task = recipes.task_training(args.task, steps=args.task_steps, batch=args.task_batch,
+                                      runlocal=args.runlocal)
+  config.arms = args.arms
+  config.seeds = args.seeds
+  config.first_seed = args.first_seed
+  config.embedding = args.embedding
+  config.train_components = args.train
+  config.sources = ml_collections.ConfigDict()
+  return config

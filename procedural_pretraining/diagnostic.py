@@ -1,0 +1,260 @@
+"""The diagnostic experiment (method-spec §4, §5, §8, §9 row 1): procedural warm-up → selective transfer
+→ algorithmic task, against a scratch baseline, over many seeds.
+
+One config describes everything (``configs/diagnostic.py``): the stage-1 run (trained into
+``workdir/stage1`` — or reused when it already finished there), a skill gate on it, the arms, the task
+and the seeds. Arms are names like ``baseline``, ``everything``, ``attn``, ``mlp``, ``attn_mlp_ln``;
+components are joined by ``_``; a component may name another run (``attn=A_mlp=B``, with ``A``/``B``
+workdirs in ``config.sources``) for modular composition; a suffix adds a control: ``@noise0.05``
+(absolute σ), ``@relnoise0.1`` (σ × tensor std), ``@shuffle`` (permute every transferred tensor),
+``@entropy0.01`` (attention-sharpening λ, for a scratch arm). All seeds of one arm train in one
+vmapped program (``seed_parallel``). Outputs: ``results.json``, ``results.md`` and ``accuracy.png``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from procedural_pretraining import checkpoint, configlib, model, seed_parallel, train, transfer
+from procedural_pretraining.configlib import ConfigError
+from procedural_pretraining.data import pipeline, procedural, tasks
+
+PRETRAINED = "pretrained"  # source name of this experiment's own stage-1 run
+
+
+@dataclasses.dataclass(frozen=True)
+class Arm:
+  name: str
+  assignments: tuple[tuple[str, str], ...]  # (component, source name); empty for scratch
+  control: str = ""  # '', 'noise', 'relnoise', 'shuffle', 'entropy'
+  amount: float = 0.0
+
+  @property
+  def is_scratch(self) -> bool:
+    return not self.assignments
+
+
+_CONTROL_RE = re.compile(r"^(noise|relnoise|entropy)([0-9.eE+-]+)$|^(shuffle)$")
+
+
+def parse_arm(name: str) -> Arm:
+  """``'attn=A_mlp@noise0.05'`` → an ``Arm`` (see the module docstring for the syntax)."""
+  body, _, control_text = name.partition("@")
+  control, amount = "", 0.0
+  if control_text:
+    match = _CONTROL_RE.match(control_text)
+    if not match:
+      raise ConfigError(f"arm {name!r}: unknown control {control_text!r}; use noise<σ>, "
+                        "relnoise<σ>, shuffle or entropy<λ>")
+    control = match.group(1) or match.group(3)
+    amount = float(match.group(2) or 0.0)
+  if body in ("baseline", "scratch"):
+    if control in ("noise", "relnoise", "shuffle"):
+      raise ConfigError(f"arm {name!r}: a scratch arm has no transferred weights to perturb")
+    return Arm(name, (), control, amount)
+  assignments = []
+  for part in body.split("_"):
+    component, _, source = part.partition("=")
+    try:
+      component = transfer.canonical(component)
+    except transfer.TransferError as e:
+      raise ConfigError(f"arm {name!r}: {e}") from None
+    assignments.append((component, source or PRETRAINED))
+  if control == "entropy":
+    raise ConfigError(f"arm {name!r}: the entropy control is for scratch arms (baseline@entropy…)")
+  return Arm(name, tuple(assignments), control, amount)
+
+
+def parse_arms(spec: str) -> list[Arm]:
+  arms = [parse_arm(a) for a in spec.split("+") if a]
+  if not arms:
+    raise ConfigError("config arms is empty; e.g. arms=baseline+everything")
+  return arms
+
+
+def closing_bracket_accuracy(model_config, params, family, seed: int, samples: int = 512) -> float:
+  """Stage-1 skill gate for (shuffled-)Dyck: argmax accuracy at positions whose target is a closer.
+
+  "Close the bracket just opened" scores ≈0.5–0.6; a model that really matches brackets → 1.0.
+  """
+  base = getattr(family, "base", family)
+  k = getattr(base, "k", None)
+  if k is None:
+    return float("nan")
+  batch = procedural.ProceduralSource(family, seed=seed, split="validation").get_batch(
+      np.arange(samples))
+  logits = jax.jit(lambda p, t: model.apply(model_config, p, t))(params, batch["tokens"])
+  targets = np.asarray(batch["tokens"])[:, 1:]
+  predictions = np.asarray(jnp.argmax(logits, -1))[:, :-1]
+  closer = (targets >= k) & (targets < 2 * k) & (np.asarray(batch["loss_mask"])[:, :-1] > 0)
+  return float((predictions == targets)[closer].mean())
+
+
+def run_stage1(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains (or reuses) the stage-1 run and measures its gate; returns a summary dict."""
+  stage1_dir = config.stage1_workdir or os.path.join(workdir, "stage1")
+  results_path = os.path.join(stage1_dir, "results.json")
+  finished = False
+  if os.path.exists(results_path):
+    with open(results_path) as f:
+      finished = json.load(f).get("steps") == config.stage1.train.steps
+  if finished:
+    print(f"stage 1: reusing the finished run in {stage1_dir}")
+  else:
+    print(f"stage 1: training {config.stage1.data.family} into {stage1_dir}")
+    train.run(config.stage1, stage1_dir)
+  params, meta = checkpoint.restore_params(stage1_dir)
+  data = pipeline.make_data(config.stage1.data, seed=config.stage1.seed, batch_size=1)
+  model_config = train.model_config_for(config.stage1, data)
+  family = procedural.make_family(config.stage1.data.family, **config.stage1.data.params.to_dict())
+  gate = closing_bracket_accuracy(model_config, params, family, config.stage1.seed)
+  print(f"stage 1: closing-bracket accuracy {gate:.4f} (gate {config.gate.min_closing_accuracy})")
+  if config.gate.min_closing_accuracy and gate < config.gate.min_closing_accuracy:
+    message = (f"stage 1 closing-bracket accuracy {gate:.4f} is below the gate "
+               f"{config.gate.min_closing_accuracy}; train stage 1 longer or with another lr")
+    if config.gate.stop:
+      raise ConfigError(message)
+    print(f"warning: {message}")
+  return {"workdir": stage1_dir, "closing_bracket_accuracy": gate, "params": params,
+          "steps": meta.get("step")}
+
+
+def arm_initial_params(arm: Arm, seeds, model_config, sources: dict, embedding: str,
+                       train_components: str):
+  """Per-seed initial params for ``arm`` and the (seed-independent) freezing mask + report."""
+  params, report = [], None
+  for seed in seeds:
+    fresh = model.init_params(model_config, jax.random.fold_in(jax.random.key(seed), train.INIT_TAG))
+    fresh = jax.tree_util.tree_map(np.asarray, fresh)
+    if arm.is_scratch:
+      params.append(fresh)
+      continue
+    assignments = [(component, sources[source], source) for component, source in arm.assignments]
+    merged, report = transfer.merge(fresh, assignments, embedding=embedding, train=train_components)
+    if arm.control in ("noise", "relnoise", "shuffle"):
+      key = jax.random.fold_in(jax.random.key(seed), 0x5EED)
+      paths = transfer.select(report)
+      if arm.control == "shuffle":
+        merged = transfer.shuffle_entries(merged, paths, key)
+      else:
+        merged = transfer.add_noise(merged, paths, key, sigma=arm.amount,
+                                    relative=arm.control == "relnoise")
+    params.append(jax.tree_util.tree_map(np.asarray, merged))
+  trainable = None if report is None else transfer.trainable_tree(params[0], report)
+  return params, trainable, report
+
+
+def summarize(curves: seed_parallel.SeedCurves, metric: str) -> dict:
+  final, best = curves.final(metric), curves.best(metric)
+  return {"final_mean": float(final.mean()), "final_std": float(final.std()),
+          "best_mean": float(best.mean()), "best_std": float(best.std()),
+          "final_per_seed": final.tolist(), "take_off": int((final >= 0.5).sum())}
+
+
+def write_table(results: dict, path: str) -> str:
+  lines = ["| arm | seeds | final acc (mean ± std) | best acc | exact match (final) | take-off ≥ 50 % | "
+           "train s |", "|---|---|---|---|---|---|---|"]
+  for name, arm in results["arms"].items():
+    acc, em = arm["accuracy"], arm["exact_match"]
+    lines.append(f"| {name} | {len(acc['final_per_seed'])} | {100 * acc['final_mean']:.1f} ± "
+                 f"{100 * acc['final_std']:.1f} % | {100 * acc['best_mean']:.1f} ± "
+                 f"{100 * acc['best_std']:.1f} % | {100 * em['final_mean']:.1f} % | "
+                 f"{acc['take_off']}/{len(acc['final_per_seed'])} | {arm['train_seconds']:.0f} |")
+  text = "\n".join(lines) + "\n"
+  with open(path, "w") as f:
+    f.write(text)
+  return text
+
+
+def plot_curves(results: dict, path: str) -> None:
+  import matplotlib  # noqa: PLC0415  (only the driver needs matplotlib)
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # noqa: PLC0415
+
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  for name, arm in results["arms"].items():
+    steps = np.asarray(arm["curve_steps"])
+    acc = 100 * np.asarray(arm["curve_accuracy"])  # [evals, S]
+    mean = acc.mean(axis=1)
+    ax.plot(steps, mean, label=f"{name} (n={acc.shape[1]})")
+    ax.fill_between(steps, acc.min(axis=1), acc.max(axis=1), alpha=0.2)
+  ax.set_xlabel("training step")
+  ax.set_ylabel(f"{results['task']} accuracy (%)")
+  ax.set_ylim(0, 100)
+  ax.grid(alpha=0.3)
+  ax.legend()
+  ax.set_title("mean over seeds; band = min–max")
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Runs the whole experiment; see the module docstring."""
+  started = time.perf_counter()
+  arms = parse_arms(config.arms)
+  seeds = list(range(config.first_seed, config.first_seed + config.seeds))
+  configlib.write_resolved(config, workdir)
+  sources, stage1 = {}, None
+  if any(not arm.is_scratch for arm in arms):
+    stage1 = run_stage1(config, workdir)
+    sources[PRETRAINED] = stage1["params"]
+  for name, path in config.sources.items():
+    sources[name] = checkpoint.restore_params(path)[0]
+  missing = {s for arm in arms for _, s in arm.assignments} - set(sources)
+  if missing:
+    raise ConfigError(f"arms use sources {sorted(missing)} that config.sources does not name")
+  task_cfg = config.task
+  task_sets = [tasks.TaskData.create(task_cfg.data.task, seed=s,
+                                     test_size=task_cfg.data.test_samples,
+                                     batch_size=task_cfg.train.batch_size) for s in seeds]
+  task = task_sets[0].task
+  data0 = pipeline.make_data(task_cfg.data, seed=seeds[0], batch_size=1)
+  model_config = train.model_config_for(task_cfg, data0)
+  eval_batch = task_cfg.data.eval_batch_size
+  eval_sets = [[{k: v[i:i + eval_batch] for k, v in t.test.items()}
+                for i in range(0, len(t.test["tokens"]), eval_batch)] for t in task_sets]
+  results = {"task": task.task_id, "seeds": seeds, "model": model_config.size, "arms": {},
+             "stage1": None if stage1 is None else {k: v for k, v in stage1.items() if k != "params"}}
+  for arm in arms:
+    params, trainable, report = arm_initial_params(arm, seeds, model_config, sources,
+                                                   config.embedding, config.train_components)
+    tcfg = ml_collections.ConfigDict(task_cfg.train.to_dict())
+    if arm.control == "entropy":
+      tcfg.attention_entropy_weight = arm.amount
+    print(f"arm {arm.name}: {len(seeds)} seeds × {tcfg.steps} steps"
+          + ("" if report is None else f"; transfer {report.counts()}"))
+
+    def on_eval(step, means, arm=arm):
+      acc = means["accuracy"]
+      print(f"  {arm.name} step {step}: accuracy mean {100 * acc.mean():.1f} % "
+            f"(per seed {' '.join(f'{100 * a:.0f}' for a in acc)})", flush=True)
+
+    _, curves = seed_parallel.fit_seeds(
+        tcfg, model_config=model_config, params=params,
+        train_batches=[t.train_batch for t in task_sets], eval_sets=eval_sets, seeds=seeds,
+        trainable=trainable, on_eval=on_eval)
+    arrays = curves.as_arrays()
+    results["arms"][arm.name] = {
+        "accuracy": summarize(curves, "accuracy"), "exact_match": summarize(curves, "exact_match"),
+        "curve_steps": curves.steps, "curve_accuracy": arrays["accuracy"].tolist(),
+        "curve_exact_match": arrays["exact_match"].tolist(), "train_seconds": curves.train_seconds,
+        "transfer": None if report is None else report.counts()}
+  results["wall_seconds"] = time.perf_counter() - started
+  with open(os.path.join(workdir, "results.json"), "w") as f:
+    json.dump(results, f, indent=1)
+  table = write_table(results, os.path.join(workdir, "results.md"))
+  plot_curves(results, os.path.join(workdir, "accuracy.png"))
+  print(f"\n{results['task']}, {len(seeds)} seeds, {task_cfg.train.steps} steps "
+        f"(wall {results['wall_seconds']:.0f} s)\n{table}\nplot: {os.path.join(workdir, 'accuracy.png')}")
+  return results

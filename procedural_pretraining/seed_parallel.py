@@ -1,0 +1,150 @@
+"""N seeds of one arm trained in one jitted program: ``jax.vmap`` over init, data and steps.
+
+Seed ``s`` of a vmapped run computes exactly what a single run with seed ``s`` computes (same step
+functions, same per-seed data stream and dropout keys); only the batching differs. On several
+devices (e.g. fake CPU devices, one per core) the seed axis is sharded across them, so independent
+seeds use every core without any cross-device communication.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+
+import grain
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
+from procedural_pretraining import evaluate, model, train
+
+
+@dataclasses.dataclass
+class SeedCurves:
+  """Per-seed evaluation curves: ``metrics[name]`` is ``[num_evals, S]``; ``steps`` ``[num_evals]``."""
+
+  steps: list[int]
+  metrics: dict[str, list[np.ndarray]]
+  train_seconds: float
+
+  def final(self, name: str) -> np.ndarray:
+    return np.asarray(self.metrics[name][-1])
+
+  def best(self, name: str) -> np.ndarray:
+    return np.max(np.stack(self.metrics[name]), axis=0)
+
+  def as_arrays(self) -> dict[str, np.ndarray]:
+    return {k: np.stack(v) for k, v in self.metrics.items()}
+
+
+def seed_mesh(num_seeds: int):
+  """A 1-D ``seeds`` mesh over as many devices as divide ``num_seeds`` (``None`` if only one)."""
+  devices = jax.devices()
+  count = max(d for d in range(1, len(devices) + 1) if num_seeds % d == 0)
+  if count == 1:
+    return None
+  return jax.make_mesh((count,), ("seeds",), devices=devices[:count],
+                       axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def _shard_seeds(tree, mesh):
+  if mesh is None:
+    return tree
+  sharding = NamedSharding(mesh, PartitionSpec("seeds"))
+  return jax.device_put(tree, sharding)
+
+
+def stack_seeds(trees: Sequence) -> object:
+  return jax.tree_util.tree_map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *trees)
+
+
+def fit_seeds(tcfg: ml_collections.ConfigDict, *, model_config: model.GPT2Config, params: Sequence,
+              train_batches: Sequence[Callable[[int], dict]], eval_sets: Sequence[list[dict]],
+              seeds: Sequence[int], trainable=None, on_eval: Callable | None = None,
+              progress: Callable | None = None) -> tuple[dict, SeedCurves]:
+  """Trains ``len(seeds)`` models in one program.
+
+  Args:
+    tcfg: the ``train`` section of a config (steps, schedule, optimizer, dispatch, eval_every).
+    params: one initial parameter pytree per seed (fresh or transferred).
+    train_batches: per seed, ``step → batch [B, T]`` (each seed its own stream).
+    eval_sets: per seed, a list of fixed eval batches (same shapes across seeds).
+    trainable: optional bool pytree shared by every seed (frozen leaves get no update).
+    on_eval: ``(step, means_by_metric [S])`` callback after each evaluation.
+  Returns:
+    ``(final_state, curves)`` with the stacked ``[S, …]`` state.
+  """
+  train.validate_train_config(tcfg)
+  num_seeds = len(seeds)
+  tx = train.make_optimizer(tcfg, params[0], trainable)
+  functions = train.make_step_functions(model_config, tx, train.make_schedule(tcfg),
+                                        loss_positions=tcfg.loss_positions,
+                                        attention_entropy_weight=tcfg.attention_entropy_weight)
+  mesh = seed_mesh(num_seeds)
+  params_S = _shard_seeds(stack_seeds(params), mesh)
+  state = jax.jit(jax.vmap(lambda p: train.init_state(p, tx)))(params_S)
+  run_keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.key(s), 0x0D0F))(jnp.asarray(seeds))
+  run_keys = _shard_seeds(run_keys, mesh)
+  train_fn = jax.jit(jax.vmap(functions.train), donate_argnums=0)
+  eval_fn = jax.jit(jax.vmap(functions.evaluate))
+  eval_batches = [_shard_seeds(stack_seeds(group), mesh) for group in zip(*eval_sets, strict=True)]
+
+  def dispatch_batches(first_step: int, count: int):
+    per_seed = [train.stack_dispatch([fn(first_step + k) for k in range(count)], tcfg.grad_accum)
+                for fn in train_batches]
+    return stack_seeds(per_seed)
+
+  def evaluate_all(params):
+    totals = None
+    for batch in eval_batches:
+      sums = eval_fn(params, batch)
+      totals = sums if totals is None else jax.tree_util.tree_map(jnp.add, totals, sums)
+    return {k: np.asarray(v) for k, v in evaluate.finalize(jax.device_get(totals)).items()}
+
+  K = tcfg.steps_per_dispatch
+  starts = list(range(0, tcfg.steps, K))
+  # grain reads dispatches ahead on a thread while the device trains on the current one.
+  dataset = grain.MapDataset.source(starts).map(
+      lambda first: dispatch_batches(first, min(K, tcfg.steps - first)))
+  stream = iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2)))
+  curves = SeedCurves(steps=[], metrics={}, train_seconds=0.0)
+  pending_losses = None
+  start_time = time.perf_counter()
+  for first in starts:
+    count = min(K, tcfg.steps - first)
+    state, metrics = train_fn(state, _shard_seeds(next(stream), mesh), run_keys)
+    if pending_losses is not None:
+      _check_losses(*pending_losses)
+    pending_losses = (metrics, first)
+    step = first + count
+    if progress is not None:
+      progress(count)
+    if step % tcfg.eval_every < count or step == tcfg.steps:
+      means = evaluate_all(state["params"])
+      curves.steps.append(step)
+      for key, value in means.items():
+        curves.metrics.setdefault(key, []).append(value)
+      if on_eval is not None:
+        on_eval(step, means)
+  _check_losses(*pending_losses)
+  jax.block_until_ready(state)
+  curves.train_seconds = time.perf_counter() - start_time
+  return state, curves
+
+
+def _check_losses(metrics, first_step: int):
+  sums = jax.device_get({k: metrics[k] for k in ("loss_sum", "loss_tokens", "overflow")})
+  if np.any(sums["overflow"] > 0):
+    raise train.ConfigError("train.loss_positions is smaller than the number of loss positions of "
+                            "some samples; raise it or set 0")
+  losses = sums["loss_sum"] / np.maximum(sums["loss_tokens"], 1)  # [S, K]
+  bad = np.argwhere(~np.isfinite(losses))
+  if bad.size:
+    seed_index, k = bad[0]
+    raise train.NonFiniteLossError(
+        f"training loss became {losses[seed_index, k]} at step {first_step + k + 1} (seed index "
+        f"{seed_index}); lower train.lr or set train.grad_clip (checkpoints already written are "
+        "intact)")
