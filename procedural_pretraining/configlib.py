@@ -128,6 +128,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.log_every = 50
   c.train.eval_every = 500
 
+  c.mesh = ml_collections.ConfigDict()  # device mesh; one size may be -1 (= remaining devices)
+  c.mesh.data = -1
+  c.mesh.fsdp = 1
+  c.mesh.tensor = 1
+
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every = 1000  # steps between checkpoints (0: only the final one)
   c.checkpoint.keep = 2  # newest checkpoints kept

@@ -6,13 +6,20 @@ Exit codes: 0 done; 2 a configuration problem (one line on stderr says what and 
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 
-from absl import app, flags
-from ml_collections import config_flags
+# One CPU device per core, set before JAX starts. XLA:CPU runs small models on a single core; with a
+# device per core, batches (or seeds) shard across cores. Accelerator runs are unaffected.
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                             f" --xla_force_host_platform_device_count={os.cpu_count() or 1}").strip()
 
-from procedural_pretraining import configlib
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from procedural_pretraining import configlib  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file with get_config(arg), e.g. configs/procedural.py:family=dyck",

@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from procedural_pretraining import evaluate, model
+from procedural_pretraining import evaluate, model, sharding
 from procedural_pretraining.configlib import ConfigError, check_choice, require
 
 SCHEDULES = ("constant", "linear", "cosine")
@@ -275,6 +275,10 @@ def fit(config: ml_collections.ConfigDict, *, data, model_config: model.GPT2Conf
   eval_fn = jax.jit(functions.evaluate)
   state = init_state(params, tx) if state is None else state
   step = int(state["step"])
+  mesh = sharding.make_mesh(config.get("mesh"))
+  sharding.check_batch_divisible(tcfg.batch_size // tcfg.grad_accum, mesh)
+  state = jax.device_put(state, sharding.state_shardings(
+      state, sharding.param_shardings(model_config, mesh, state["params"]), mesh))
   run_key = jax.random.fold_in(jax.random.key(config.seed), 0x0D0F)  # the dropout stream
   stream = pipeline.train_stream(data, step, tcfg.steps)
   throughput = Throughput()
@@ -298,7 +302,8 @@ def fit(config: ml_collections.ConfigDict, *, data, model_config: model.GPT2Conf
   while step < tcfg.steps:
     count = min(tcfg.steps_per_dispatch, tcfg.steps - step)
     batches = [next(stream) for _ in range(count)]
-    state, metrics = train_fn(state, stack_dispatch(batches, tcfg.grad_accum), run_key)
+    dispatch = sharding.shard_batch(stack_dispatch(batches, tcfg.grad_accum), mesh, batch_axis=2)
+    state, metrics = train_fn(state, dispatch, run_key)
     if pending is not None:
       drain()
     throughput.update(count, count * batches[0]["tokens"].size)

@@ -1,0 +1,112 @@
+"""Train-step throughput: step time, tokens/s and MFU against an fp32 matmul peak measured here.
+
+  python benchmarks/train_step.py [--quick] [--shapes=2_4_16:64:129,...] [--dispatch=50]
+
+MFU counts the model FLOPs of a training step (forward + backward = 3 × forward; forward = 2 × params
+× tokens for the dense layers + the attention score/value matmuls 4 × n_layer × T² × d per sequence,
+causal half not subtracted, as in PaLM/nanoGPT accounting) over the time, divided by the best fp32
+matmul rate this process reaches on square matrices. Tiny models fuse several optimizer steps per
+dispatch (``lax.scan``), as the trainer does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from procedural_pretraining import model, train
+from procedural_pretraining.configlib import base_config
+
+# (size, batch, length, vocab, optimizer steps per dispatch)
+DEFAULT_SHAPES = [("2_4_16", 1000, 63, 256, 20), ("2_4_16", 64, 129, 102, 50),
+                  ("4_4_256", 32, 257, 129, 1), ("12_12_768", 8, 128, 102, 1)]
+REFERENCE = {("2_4_16", 64, 129): 0.134, ("4_4_256", 32, 257): 2.14}  # s/step, PyTorch on this CPU
+
+
+def matmul_peak(seconds: float = 3.0) -> float:
+  """Best fp32 GFLOP/s over square matmuls (the denominator of MFU)."""
+  best = 0.0
+  for n in (1024, 2048):
+    a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), jnp.float32)
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    deadline = time.perf_counter() + seconds / 2
+    while time.perf_counter() < deadline:
+      start = time.perf_counter()
+      f(a).block_until_ready()
+      best = max(best, 2 * n**3 / (time.perf_counter() - start) / 1e9)
+  return best
+
+
+def step_flops(config: model.GPT2Config, batch: int, length: int) -> float:
+  dense = model.num_params(config) - config.n_positions * config.n_embd  # wpe is a lookup
+  forward = 2 * dense * batch * length + 4 * config.n_layer * length**2 * config.n_embd * batch
+  return 3 * forward
+
+
+def bench_shape(size, batch, length, vocab, dispatch, reps):
+  cfg = base_config()
+  cfg.train.steps = 10**6
+  cfg.train.warmup_steps = 10
+  mcfg = model.GPT2Config.from_size(size, vocab_size=vocab, n_positions=length, embd_pdrop=0.0,
+                                    attn_pdrop=0.0, resid_pdrop=0.0)
+  params = model.init_params(mcfg, jax.random.key(0))
+  tx = train.make_optimizer(cfg.train, params)
+  fns = train.make_step_functions(mcfg, tx, train.make_schedule(cfg.train))
+  step_fn = jax.jit(fns.train, donate_argnums=0)
+  state = train.init_state(params, tx)
+  rng = np.random.default_rng(0)
+  tokens = rng.integers(0, vocab, (dispatch, 1, batch, length), dtype=np.int32)
+  batches = {"tokens": tokens, "loss_mask": np.ones_like(tokens)}
+  key = jax.random.key(1)
+  state, metrics = step_fn(state, batches, key)  # compile
+  jax.block_until_ready(metrics)
+  times = []
+  for _ in range(reps):
+    start = time.perf_counter()
+    state, metrics = step_fn(state, batches, key)
+    jax.block_until_ready(metrics)
+    times.append((time.perf_counter() - start) / dispatch)
+  return statistics.median(times), step_flops(mcfg, batch, length), model.num_params(mcfg)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--quick", action="store_true", help="fewer repetitions")
+  parser.add_argument("--shapes", default="", help="size:batch:length[:vocab[:dispatch]],…")
+  args = parser.parse_args()
+  shapes = DEFAULT_SHAPES
+  if args.shapes:
+    shapes = []
+    for spec in args.shapes.split(","):
+      parts = spec.split(":")
+      size, batch, length = parts[0], int(parts[1]), int(parts[2])
+      vocab = int(parts[3]) if len(parts) > 3 else 256
+      dispatch = int(parts[4]) if len(parts) > 4 else 1
+      shapes.append((size, batch, length, vocab, dispatch))
+  reps = 3 if args.quick else 7
+  peak = matmul_peak(1.5 if args.quick else 4.0)
+  print(f"jax {jax.__version__}, devices {jax.devices()}, fp32 matmul peak {peak:.1f} GFLOP/s\n")
+  print("| size | batch × length | params | steps/dispatch | s/step | tokens/s | GFLOP/s | MFU | "
+        "vs reference |")
+  print("|---|---|---|---|---|---|---|---|---|")
+  for size, batch, length, vocab, dispatch in shapes:
+    seconds, flops, params = bench_shape(size, batch, length, vocab, dispatch, reps)
+    tokens = batch * length / seconds
+    reference = REFERENCE.get((size, batch, length))
+    versus = f"{reference / seconds:.1f}× ({reference} s/step)" if reference else "—"
+    print(f"| {size} | {batch} × {length} | {params:,} | {dispatch} | {seconds:.4f} | {tokens:,.0f} | "
+          f"{flops / seconds / 1e9:.1f} | {100 * flops / seconds / 1e9 / peak:.0f} % | {versus} |",
+          flush=True)
+  peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  print(f"\npeak resident memory {peak_rss:.0f} MiB")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,116 @@
+"""Device mesh, logical-axis rules, and the shardings of the train state and of batches.
+
+The mesh has axes ``data``, ``fsdp``, ``tensor`` (all ``Auto``, so XLA's SPMD partitioner inserts the
+collectives). Weights carry logical axis names (``model.AXES``); ``RULES`` maps them to mesh axes:
+``embed`` over ``fsdp`` (parameters and optimizer state sharded, gathered per layer), ``heads``/``mlp``/
+``vocab`` over ``tensor``. Batches are sharded along their batch axis over ``data`` × ``fsdp``. On one
+device every sharding is trivially replicated, so the same code runs from a laptop to a pod.
+"""
+
+from __future__ import annotations
+
+import jax
+import ml_collections
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
+from procedural_pretraining import model
+from procedural_pretraining.configlib import ConfigError
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+RULES = {"embed": "fsdp", "heads": "tensor", "mlp": "tensor", "vocab": "tensor", "position": None}
+
+
+def make_mesh(mesh_cfg: ml_collections.ConfigDict | dict | None = None, devices=None) -> jax.sharding.Mesh:
+  """A ``data × fsdp × tensor`` mesh; one of the sizes may be -1 (= the remaining devices)."""
+  devices = list(jax.devices() if devices is None else devices)
+  cfg = dict(mesh_cfg or {"data": -1, "fsdp": 1, "tensor": 1})
+  sizes = [int(cfg.get(axis, 1)) for axis in MESH_AXES]
+  if sizes.count(-1) > 1:
+    raise ConfigError("config mesh: at most one of data/fsdp/tensor may be -1")
+  known = int(np.prod([s for s in sizes if s != -1]))
+  if -1 in sizes:
+    if len(devices) % known:
+      raise ConfigError(f"config mesh: {len(devices)} devices are not divisible by {known}")
+    sizes[sizes.index(-1)] = len(devices) // known
+  if int(np.prod(sizes)) != len(devices):
+    raise ConfigError(f"config mesh {dict(zip(MESH_AXES, sizes, strict=True))} needs "
+                      f"{int(np.prod(sizes))} devices, this run has {len(devices)}")
+  return jax.make_mesh(tuple(sizes), MESH_AXES, devices=devices,
+                       axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
+
+
+def logical_to_spec(logical: PartitionSpec, shape, mesh) -> PartitionSpec:
+  """Maps logical names to mesh axes, leaving a dimension unsharded if the axis does not divide it."""
+  axes = []
+  for name, size in zip(tuple(logical), shape, strict=True):
+    axis = RULES.get(name) if name else None
+    if axis is not None and size % mesh.shape[axis]:
+      axis = None  # e.g. a 33-token vocabulary on 2 tensor shards stays whole
+    axes.append(axis)
+  return PartitionSpec(*axes)
+
+
+def param_shardings(model_config: model.GPT2Config, mesh, params_shape) -> dict:
+  """NamedShardings of the parameter pytree (same structure as ``params_shape``)."""
+  logical = model.logical_axes(model_config)
+  return jax.tree_util.tree_map(
+      lambda spec, leaf: NamedSharding(mesh, logical_to_spec(spec, np.shape(leaf), mesh)),
+      logical, params_shape, is_leaf=lambda x: isinstance(x, PartitionSpec))
+
+
+def state_shardings(state_shape, param_sharding, mesh) -> dict:
+  """Shardings of ``{'params', 'opt_state', 'step'}``: optimizer moments follow their parameter."""
+  replicated = NamedSharding(mesh, PartitionSpec())
+  flat_params = {id_path: s for id_path, s in _by_shape_path(param_sharding)}
+
+  def opt_leaf(path, leaf):
+    # Adam's mu/nu mirror the params tree: match on the trailing parameter path.
+    key = _param_suffix(path)
+    sharding = flat_params.get(key)
+    if sharding is not None and np.ndim(leaf) == len(sharding.spec):
+      return sharding
+    return replicated
+
+  return {"params": param_sharding,
+          "opt_state": jax.tree_util.tree_map_with_path(opt_leaf, state_shape["opt_state"]),
+          "step": replicated}
+
+
+def _path_names(path) -> tuple:
+  return tuple(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
+
+
+def _by_shape_path(tree):
+  return [(_path_names(path), leaf) for path, leaf in jax.tree_util.tree_flatten_with_path(
+      tree, is_leaf=lambda x: isinstance(x, NamedSharding))[0]]
+
+
+def _param_suffix(path) -> tuple:
+  names = _path_names(path)
+  for start in range(len(names)):
+    if names[start] in ("wte", "wpe", "h", "ln_f", "lm_head"):
+      return names[start:]
+  return names
+
+
+def batch_sharding(mesh, ndim: int, batch_axis: int) -> NamedSharding:
+  spec = [None] * ndim
+  spec[batch_axis] = BATCH_AXES
+  return NamedSharding(mesh, PartitionSpec(*spec))
+
+
+def shard_batch(batch: dict, mesh, batch_axis: int) -> dict:
+  """Host batch (this process's rows) → global arrays sharded along ``batch_axis``."""
+  def put(x):
+    sharding = batch_sharding(mesh, np.ndim(x), batch_axis)
+    return jax.make_array_from_process_local_data(sharding, np.asarray(x))
+  return {k: put(v) for k, v in batch.items()}
+
+
+def check_batch_divisible(batch_size: int, mesh) -> None:
+  shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  if batch_size % shards:
+    raise ConfigError(f"micro-batch of {batch_size} rows cannot be split over {shards} data×fsdp "
+                      "shards; change train.batch_size/grad_accum or the mesh")
