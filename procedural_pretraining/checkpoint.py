@@ -33,9 +33,18 @@ def normalize_keys(tree):
 
 
 def abstract(tree):
-  """Shape/dtype/sharding skeleton used as a restore target (lands on the *current* sharding)."""
+  """Shape/dtype/sharding skeleton used as a restore target.
+
+  Arrays restore onto the *current* run's sharding (leaves without one land on the first local
+  device), never onto the device topology recorded at save time — a checkpoint written with 8
+  devices restores in a 1-device process and vice versa.
+  """
+  default = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
   def leaf(x):
     sharding = getattr(x, "sharding", None)
+    if not isinstance(sharding, jax.sharding.Sharding):  # none, or Orbax's saved-topology metadata
+      sharding = default
     return jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding)
   return jax.tree_util.tree_map(leaf, tree)
 
@@ -102,8 +111,9 @@ def restore_params(workdir_or_dir: str, step: int | None = None) -> tuple[dict, 
     directory = checkpoint_dir(workdir_or_dir)
   if not os.path.isdir(directory):
     raise FileNotFoundError(f"no checkpoints at {directory}: train that run first")
-  manager = ocp.CheckpointManager(os.path.abspath(directory),
-                                  options=ocp.CheckpointManagerOptions(read_only=True))
+  manager = ocp.CheckpointManager(
+      os.path.abspath(directory), options=ocp.CheckpointManagerOptions(read_only=True),
+      item_handlers={"params": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
   try:
     steps = manager.all_steps()
     if not steps:
@@ -111,8 +121,10 @@ def restore_params(workdir_or_dir: str, step: int | None = None) -> tuple[dict, 
     step = max(steps) if step is None else step
     if step not in steps:
       raise FileNotFoundError(f"no checkpoint for step {step} in {directory} (have {sorted(steps)})")
+    # The saved shapes/dtypes (not the saved device topology) define the restore target.
+    target = abstract(manager.item_metadata(step)["params"])
     restored = manager.restore(step, args=ocp.args.Composite(
-        params=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+        params=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
   finally:
     manager.close()
   params = jax.tree_util.tree_map(np.asarray, normalize_keys(restored["params"]))
