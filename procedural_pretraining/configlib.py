@@ -104,6 +104,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.params = ml_collections.ConfigDict()  # family parameters (reference defaults if empty)
   c.data.task = "condattendstream_30"  # downstream task id (source='task')
   c.data.context = 0  # pad samples to this many tokens (0: the family's/task's own)
+  # Length curriculum (method-spec §7.1) as a schedule: param grows start, start+step, … every N steps.
+  c.data.curriculum = ml_collections.ConfigDict(
+      {"every_steps": 0, "param": "seq_length", "start": 2, "step": 2})
   c.data.eval_samples = 1024  # fixed validation samples (procedural)
   c.data.test_samples = 4000  # fixed test set size (tasks)
   c.data.eval_batch_size = 1024

@@ -40,8 +40,11 @@ def _split(batch: Batch, size: int) -> list[Batch]:
 
 
 def procedural_data(cfg: ml_collections.ConfigDict, seed: int, batch_size: int) -> StepData:
+  params = cfg.get("params", ml_collections.ConfigDict()).to_dict()
+  if cfg.get("curriculum") and cfg.curriculum.every_steps:
+    return curriculum_data(cfg, params, seed, batch_size)
   try:
-    family = procedural.make_family(cfg.family, **cfg.get("params", {}).to_dict())
+    family = procedural.make_family(cfg.family, **params)
   except (TypeError, ValueError) as e:
     raise ConfigError(f"data: {e}") from None
   context = cfg.get("context", 0) or family.length
@@ -54,6 +57,28 @@ def procedural_data(cfg: ml_collections.ConfigDict, seed: int, batch_size: int) 
           np.arange(step * batch_size, (step + 1) * batch_size, dtype=np.int64)),
       eval_sets={"validation": _split(eval_batch, cfg.get("eval_batch_size", 1024))},
       describe=family.config_dict())
+
+
+def curriculum_data(cfg, params: dict, seed: int, batch_size: int) -> StepData:
+  """A length curriculum (method-spec §7.1) as a schedule of the step; validation uses full length."""
+  cur = cfg.curriculum
+  try:
+    schedule = procedural.LengthCurriculum(cfg.family, params, param=cur.param, start=cur.start,
+                                           step=cur.step, every_steps=cur.every_steps)
+  except (TypeError, ValueError) as e:
+    raise ConfigError(f"data.curriculum: {e}") from None
+  context = max(cfg.get("context", 0), schedule.context)
+  source = procedural.CurriculumSource(schedule)
+  valid = procedural.ProceduralSource(schedule.final_family, seed=seed, split="validation",
+                                      context=context)
+  train_batch = source.train_batch_fn(batch_size, seed)
+  return StepData(
+      name=schedule.final_family.name, vocab_size=schedule.vocab_size, length=context,
+      context=context,
+      train_batch=lambda step: procedural.pad_batch(train_batch(step), context, schedule.pad_id),
+      eval_sets={"validation": _split(valid.get_batch(np.arange(cfg.eval_samples)),
+                                      cfg.get("eval_batch_size", 1024))},
+      describe=schedule.describe())
 
 
 def task_data(cfg: ml_collections.ConfigDict, seed: int, batch_size: int) -> StepData:

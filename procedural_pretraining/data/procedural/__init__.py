@@ -5,8 +5,10 @@ Importing this package registers every family, so ``make_family('dyck', k=16)`` 
 """
 
 from procedural_pretraining.data.procedural import (  # noqa: F401  (imported to register)
+    curriculum,
     dyck,
     eca,
+    mixture,
     sequence_tasks,
     stack,
 )
@@ -22,3 +24,9 @@ from procedural_pretraining.data.procedural.base import (  # noqa: F401
     pad_batch,
     register,
 )
+from procedural_pretraining.data.procedural.curriculum import (  # noqa: F401
+    CurriculumSource,
+    LengthCurriculum,
+    MasteryCurriculum,
+)
+from procedural_pretraining.data.procedural.mixture import Mixture, make_mixture  # noqa: F401

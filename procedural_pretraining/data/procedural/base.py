@@ -203,7 +203,9 @@ class ProceduralSource(Sequence):
 
   @property
   def stream(self) -> str:
-    return f"{self.split}/{self.family.name}"
+    # A shuffled control reads its base family's stream, so its sample i is a permutation of the
+    # base's sample i (a matched control), while splits stay unrelated streams.
+    return f"{self.split}/{getattr(self.family, 'base', self.family).name}"
 
   def __len__(self) -> int:
     return self.num_records
