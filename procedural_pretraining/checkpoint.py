@@ -17,6 +17,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from procedural_pretraining.configlib import ConfigError
+
 CHECKPOINT_DIR = "checkpoints"
 
 
@@ -71,13 +73,24 @@ class Checkpointer:
         data=ocp.args.JsonSave(data_state),
         meta=ocp.args.JsonSave(meta)), force=True)
 
-  def restore_latest(self, target_state: dict):
+  def restore_latest(self, target_state: dict, expect: dict | None = None):
     """``(state, data_state, meta)`` of the newest readable checkpoint, or ``None`` if none exist.
 
     A corrupt or half-written newest checkpoint is reported and the previous one is used; nothing
-    is deleted.
+    is deleted. ``expect`` lists ``meta`` values the checkpoint must have (e.g. the model size): a
+    readable checkpoint of a *different* run is an error, not something to silently train over.
     """
     for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+      except Exception:  # noqa: BLE001  (unreadable meta: the full restore below reports it)
+        meta = None
+      mismatched = {k: (meta.get(k), v) for k, v in (expect or {}).items()
+                    if meta is not None and k in meta and meta[k] != v}
+      if mismatched:
+        raise ConfigError(f"{self.directory} holds checkpoints of a different run "
+                          f"({', '.join(f'{k}: saved {a}, now {b}' for k, (a, b) in mismatched.items())}); "
+                          "use a new --workdir")
       try:
         restored = self.manager.restore(step, args=ocp.args.Composite(
             params=ocp.args.StandardRestore(abstract(target_state["params"])),

@@ -133,8 +133,7 @@ def arm_initial_params(arm: Arm, seeds, model_config, sources: dict, embedding: 
   """Per-seed initial params for ``arm`` and the (seed-independent) freezing mask + report."""
   params, report = [], None
   for seed in seeds:
-    fresh = model.init_params(model_config, jax.random.fold_in(jax.random.key(seed), train.INIT_TAG))
-    fresh = jax.tree_util.tree_map(np.asarray, fresh)
+    fresh = jax.tree_util.tree_map(np.asarray, train.init_params(model_config, seed))
     if arm.is_scratch:
       params.append(fresh)
       continue

@@ -162,7 +162,7 @@ def make_step_functions(model_config: model.GPT2Config, tx: optax.GradientTransf
     updates, opt_state = tx.update(grads, state["opt_state"], params)
     new_state = {"params": optax.apply_updates(params, updates), "opt_state": opt_state,
                  "step": state["step"] + 1}
-    sums["grad_norm"] = optax.global_norm(grads)
+    sums["grad_norm"] = optax.tree.norm(grads)
     sums["lr"] = jnp.asarray(schedule(state["step"]), jnp.float32)
     return new_state, sums
 
@@ -324,6 +324,21 @@ def fit(config: ml_collections.ConfigDict, *, data, model_config: model.GPT2Conf
 INIT_TAG = 0x1417  # fold-in tag of the parameter-init key (the dropout stream uses another)
 
 
+def init_params(model_config: model.GPT2Config, seed: int):
+  """The run's fresh parameters: one compiled init (op-by-op init costs seconds of tiny compiles)."""
+  key = jax.random.fold_in(jax.random.key(seed), INIT_TAG)
+  return jax.jit(model.init_params, static_argnums=0)(model_config, key)
+
+
+@jax.jit
+def _finite(tree) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree_util.tree_leaves(tree)]))
+
+
+def all_finite(tree) -> bool:
+  return bool(_finite(tree))
+
+
 def model_config_for(config: ml_collections.ConfigDict, data) -> model.GPT2Config:
   """The GPT-2 of ``config.model`` sized to ``data``'s vocabulary and context."""
   mcfg = config.model
@@ -352,12 +367,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   data = pipeline.make_data(config.data, seed=config.seed, batch_size=config.train.batch_size)
   model_config = model_config_for(config, data)
   configlib.write_resolved(config, workdir)
-  params = model.init_params(model_config, jax.random.fold_in(jax.random.key(config.seed), INIT_TAG))
+  params = init_params(model_config, config.seed)
   checkpointer = checkpoint.Checkpointer(workdir, keep=config.checkpoint.keep,
                                          keep_every=config.checkpoint.keep_every or None)
   state = None
   template = jax.eval_shape(lambda p: init_state(p, make_optimizer(config.train, p)), params)
-  restored = checkpointer.restore_latest(template)
+  restored = checkpointer.restore_latest(template, expect={
+      "model": model_config.size, "vocab_size": model_config.vocab_size,
+      "n_positions": model_config.n_positions})
   if restored is not None:
     state, data_state, _ = restored
     if data_state.get("host_count", 1) != jax.process_count():
@@ -376,7 +393,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   def on_dispatch(state, step):
     every = config.checkpoint.every
     if every and step % every < config.train.steps_per_dispatch and step < config.train.steps:
-      save(state, step)
+      # fit checks a dispatch's loss one dispatch late: never checkpoint a state it has not checked.
+      if all_finite(state["params"]):
+        save(state, step)
 
   log = metric_log.MetricLog(workdir, config.train.steps,
                              initial_step=0 if state is None else int(state["step"]))

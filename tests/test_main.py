@@ -1,0 +1,176 @@
+"""End-to-end tests of the command line: artifacts of a run, one-line config errors, exact resume.
+
+Every run is a subprocess on a tiny haystack config (1_2_16, batch 8, 32 test samples); the ``cli``
+fixture (conftest.py) shares a JAX compilation cache between the runs of the session.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+import struct
+
+import jax
+import numpy as np
+import pytest
+from tensorboardX.proto import event_pb2
+
+from procedural_pretraining import checkpoint
+
+N = 8  # the interrupted run's length; the full run has 2N steps
+COMMON = [
+    "--config=configs/task.py:task=condattendstream_30,runlocal", "--config.model.size=1_2_16",
+    "--config.model.dropout=0.1",  # dropout on: a resume must replay the same dropout keys
+    "--config.train.batch_size=8", "--config.data.test_samples=32", "--config.data.eval_batch_size=32",
+    "--config.train.schedule=constant", "--config.train.warmup_steps=4",  # lr independent of steps
+    "--config.train.steps_per_dispatch=2", "--config.train.log_every=2",
+    f"--config.checkpoint.every={N // 2}",
+]
+THROUGHPUT = ("steps_per_s", "tokens_per_s")  # wall-clock rates: the only keys allowed to differ
+
+
+def _rows(workdir) -> list[dict]:
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def _deterministic(row: dict) -> dict:
+  return {k: v for k, v in row.items() if k not in THROUGHPUT}
+
+
+def _tensorboard_scalars(workdir) -> dict[str, dict[int, float]]:
+  """Reads the event files' TFRecords by hand: ``{tag: {step: value}}``."""
+  scalars: dict[str, dict[int, float]] = {}
+  files = glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*"))
+  assert files, "no TensorBoard event file"
+  for path in files:
+    with open(path, "rb") as f:
+      data = f.read()
+    offset = 0
+    while offset < len(data):
+      (length,) = struct.unpack("<Q", data[offset:offset + 8])
+      record = data[offset + 12:offset + 12 + length]
+      offset += 12 + length + 4
+      event = event_pb2.Event.FromString(record)
+      for value in event.summary.value:
+        scalars.setdefault(value.tag, {})[event.step] = value.simple_value
+  return scalars
+
+
+@pytest.fixture(scope="module")
+def runs(cli, tmp_path_factory):
+  """The uninterrupted 2N-step run and the first N steps of the interrupted one, run in parallel."""
+  full_dir, resumed_dir = tmp_path_factory.mktemp("full"), tmp_path_factory.mktemp("resumed")
+  full = cli.start(full_dir, *COMMON, f"--config.train.steps={2 * N}")
+  first = cli.start(resumed_dir, *COMMON, f"--config.train.steps={N}", shared_cache=False)
+  try:
+    return {"full": (full_dir, full.result()), "first": (resumed_dir, first.result())}
+  finally:
+    full.stop()
+    first.stop()
+
+
+@pytest.fixture(scope="module")
+def full_run(runs):
+  workdir, result = runs["full"]
+  assert result.returncode == 0, result.describe()
+  return workdir, result
+
+
+@pytest.fixture(scope="module")
+def resumed_run(cli, runs, full_run):
+  workdir, first = runs["first"]
+  assert first.returncode == 0, first.describe()
+  assert sorted(os.listdir(checkpoint.checkpoint_dir(str(workdir)))) == [str(N // 2), str(N)]
+  second = cli(workdir, *COMMON, f"--config.train.steps={2 * N}")  # the same command, 2N steps
+  assert second.returncode == 0, second.describe()
+  return workdir, second
+
+
+def test_run_writes_all_artifacts(full_run):
+  workdir, result = full_run
+  steps = 2 * N
+  assert f"done: {steps} steps" in result.stdout
+  assert result.messages == [], result.describe()  # no stray output on stderr besides logging
+
+  with open(os.path.join(workdir, "config.json")) as f:
+    config = json.load(f)
+  assert config["train"]["steps"] == steps and config["train"]["schedule"] == "constant"
+  assert config["model"]["size"] == "1_2_16" and config["model"]["dropout"] == 0.1
+  assert config["data"]["test_samples"] == 32 and config["data"]["task"] == "condattendstream_30"
+
+  rows = _rows(workdir)
+  train_rows = [r for r in rows if "train/loss" in r]
+  assert [r["step"] for r in train_rows] == list(range(2, steps + 1, 2))
+  assert all(math.isfinite(r["train/loss"]) for r in train_rows)
+  # lr of the last step of each row (0-based step s = row step - 1): 1e-3 · min(1, s / 4).
+  for row in train_rows:
+    assert row["train/lr"] == pytest.approx(1e-3 * min(1.0, (row["step"] - 1) / 4), rel=1e-6)
+  assert all(r["train/loss_tokens"] == 8 for r in train_rows)  # one answer per haystack sample
+  test_rows = [r for r in rows if "test/loss" in r]
+  assert [r["step"] for r in test_rows] == [steps]
+
+  scalars = _tensorboard_scalars(workdir)
+  assert {r["step"]: r["train/loss"] for r in train_rows} == pytest.approx(scalars["train/loss"])
+  assert scalars["test/accuracy"] == pytest.approx({steps: test_rows[0]["test/accuracy"]})
+
+  with open(os.path.join(workdir, "results.json")) as f:
+    results = json.load(f)
+  assert results["steps"] == steps
+  assert results["final"] == pytest.approx(
+      {k: v for k, v in test_rows[0].items() if k.startswith("test/")})
+
+  assert os.path.isdir(os.path.join(checkpoint.checkpoint_dir(str(workdir)), str(steps)))
+  params, meta = checkpoint.restore_params(str(workdir))  # written on 2 devices, read on 1
+  assert meta["step"] == steps and meta["config"]["train"]["steps"] == steps
+  assert results["num_params"] == sum(np.size(x) for x in jax.tree_util.tree_leaves(params))
+
+
+def test_resume_matches_uninterrupted_run(full_run, resumed_run):
+  full_dir, _ = full_run
+  resumed_dir, second = resumed_run
+  assert f"resuming from step {N}" in second.stdout, second.describe()
+
+  full_rows = [_deterministic(r) for r in _rows(full_dir) if r["step"] > N]
+  resumed_rows = _rows(resumed_dir)
+  after = [_deterministic(r) for r in resumed_rows if r["step"] > N]
+  assert after == full_rows, "metrics after the resume differ from the uninterrupted run"
+  before = [r["step"] for r in resumed_rows if r["step"] <= N and "train/loss" in r]
+  assert before == list(range(2, N + 1, 2)), "rows of the first run must appear exactly once"
+
+  full_params, full_meta = checkpoint.restore_params(str(full_dir))
+  resumed_params, resumed_meta = checkpoint.restore_params(str(resumed_dir))
+  assert full_meta["step"] == resumed_meta["step"] == 2 * N
+  diffs = jax.tree_util.tree_map(lambda a, b: float(np.max(np.abs(a - b))), full_params, resumed_params)
+  assert max(jax.tree_util.tree_leaves(diffs)) <= 1e-6, diffs
+
+
+@pytest.mark.parametrize(("args", "mentions"), [
+    (["--config.train.nosuch=1"], "nosuch"),
+    (["--config.train.steps=abc"], "abc"),
+    (["--config.model.size=2_3_16"], "2_3_16"),  # found in run(), after JAX started
+], ids=["unknown-key", "wrong-type", "bad-model-size"])
+def test_config_errors_are_one_line_exit_2(cli, tmp_path, args, mentions):
+  result = cli(tmp_path / "run", "--config=configs/task.py:task=condattendstream_30,runlocal", *args)
+  _assert_config_error(result, mentions)
+
+
+def test_unknown_config_file_argument(cli, tmp_path):
+  result = cli(tmp_path / "run", "--config=configs/task.py:famly=x")
+  _assert_config_error(result, "famly")
+
+
+def test_missing_workdir(cli):
+  result = cli(None, "--config=configs/task.py:task=condattendstream_30,runlocal")
+  _assert_config_error(result, "--workdir")
+
+
+def _assert_config_error(result, mentions: str):
+  assert result.returncode == 2, result.describe()
+  assert len(result.messages) == 1, result.describe()
+  line = result.messages[0]
+  assert line.startswith("error: "), line
+  assert mentions in line, line
+  assert "Traceback" not in result.stderr
