@@ -43,7 +43,7 @@ class Arm:
     return not self.assignments
 
 
-_CONTROL_RE = re.compile(r"^(noise|relnoise|entropy)([0-9.eE+-]+)$|^(shuffle)$")
+_CONTROL_RE = re.compile(r"^(noise|relnoise|entropy)([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)$|^(shuffle)$")
 
 
 def parse_arm(name: str) -> Arm:
@@ -54,7 +54,7 @@ def parse_arm(name: str) -> Arm:
     match = _CONTROL_RE.match(control_text)
     if not match:
       raise ConfigError(f"arm {name!r}: unknown control {control_text!r}; use noise<σ>, "
-                        "relnoise<σ>, shuffle or entropy<λ>")
+                        "relnoise<σ>, shuffle or entropy<λ> with a non-negative number")
     control = match.group(1) or match.group(3)
     amount = float(match.group(2) or 0.0)
   if body in ("baseline", "scratch"):
