@@ -35,4 +35,5 @@ def get_config(arg=None):
   config.embedding = args.embedding
   config.train_components = args.train
   config.sources = ml_collections.ConfigDict()
+  config.arm_processes = -1  # worker processes for the arms (-1: one per core on CPU; 0: inline)
   return config

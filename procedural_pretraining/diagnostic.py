@@ -198,6 +198,63 @@ def plot_curves(results: dict, path: str) -> None:
   plt.close(fig)
 
 
+def train_arm(config_dict: dict, arm_name: str, sources: dict, seeds: list[int]) -> dict:
+  """Trains every seed of one arm (one vmapped program) and returns its results entry.
+
+  Takes plain data (a config dict, numpy parameter trees) so it can run in a worker process.
+  """
+  config = ml_collections.ConfigDict(config_dict)
+  arm = parse_arm(arm_name)
+  task_cfg = config.task
+  task_sets = [tasks.TaskData.create(task_cfg.data.task, seed=s,
+                                     test_size=task_cfg.data.test_samples,
+                                     batch_size=task_cfg.train.batch_size) for s in seeds]
+  data0 = pipeline.make_data(task_cfg.data, seed=seeds[0], batch_size=1)
+  model_config = train.model_config_for(task_cfg, data0)
+  eval_batch = task_cfg.data.eval_batch_size
+  eval_sets = [[{k: v[i:i + eval_batch] for k, v in t.test.items()}
+                for i in range(0, len(t.test["tokens"]), eval_batch)] for t in task_sets]
+  params, trainable, report = arm_initial_params(arm, seeds, model_config, sources,
+                                                 config.embedding, config.train_components)
+  tcfg = ml_collections.ConfigDict(task_cfg.train.to_dict())
+  if arm.control == "entropy":
+    tcfg.attention_entropy_weight = arm.amount
+  print(f"arm {arm.name}: {len(seeds)} seeds × {tcfg.steps} steps"
+        + ("" if report is None else f"; transfer {report.counts()}"), flush=True)
+
+  def on_eval(step, means):
+    acc = means["accuracy"]
+    print(f"  {arm.name} step {step}: accuracy mean {100 * acc.mean():.1f} % "
+          f"(per seed {' '.join(f'{100 * a:.0f}' for a in acc)})", flush=True)
+
+  _, curves = seed_parallel.fit_seeds(
+      tcfg, model_config=model_config, params=params,
+      train_batches=[t.train_batch for t in task_sets], eval_sets=eval_sets, seeds=seeds,
+      trainable=trainable, on_eval=on_eval)
+  arrays = curves.as_arrays()
+  return {"accuracy": summarize(curves, "accuracy"), "exact_match": summarize(curves, "exact_match"),
+          "curve_steps": curves.steps, "curve_accuracy": arrays["accuracy"].tolist(),
+          "curve_exact_match": arrays["exact_match"].tolist(), "train_seconds": curves.train_seconds,
+          "transfer": None if report is None else report.counts()}
+
+
+def _single_device_worker() -> None:
+  # Runs in each spawned worker before it touches JAX: one CPU device, the process owns one core.
+  flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", os.environ.get("XLA_FLAGS", ""))
+  os.environ["XLA_FLAGS"] = (flags + " --xla_force_host_platform_device_count=1").strip()
+
+
+def arm_processes(config: ml_collections.ConfigDict, num_arms: int) -> int:
+  """Worker processes for the arms: on CPU one per core (XLA:CPU runs these small programs on one
+  core, and several CPU devices in one process do not run concurrently, measured), else inline."""
+  requested = config.get("arm_processes", -1)
+  if requested >= 0:
+    return min(requested, num_arms)
+  if jax.default_backend() != "cpu":
+    return 0
+  return min(num_arms, os.cpu_count() or 1) if num_arms > 1 else 0
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs the whole experiment; see the module docstring."""
   started = time.perf_counter()
@@ -213,47 +270,32 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   missing = {s for arm in arms for _, s in arm.assignments} - set(sources)
   if missing:
     raise ConfigError(f"arms use sources {sorted(missing)} that config.sources does not name")
-  task_cfg = config.task
-  task_sets = [tasks.TaskData.create(task_cfg.data.task, seed=s,
-                                     test_size=task_cfg.data.test_samples,
-                                     batch_size=task_cfg.train.batch_size) for s in seeds]
-  task = task_sets[0].task
-  data0 = pipeline.make_data(task_cfg.data, seed=seeds[0], batch_size=1)
-  model_config = train.model_config_for(task_cfg, data0)
-  eval_batch = task_cfg.data.eval_batch_size
-  eval_sets = [[{k: v[i:i + eval_batch] for k, v in t.test.items()}
-                for i in range(0, len(t.test["tokens"]), eval_batch)] for t in task_sets]
-  results = {"task": task.task_id, "seeds": seeds, "model": model_config.size, "arms": {},
+  sources = jax.tree_util.tree_map(np.asarray, sources)
+  task = tasks.parse_task(config.task.data.task)
+  results = {"task": task.task_id, "seeds": seeds, "model": config.task.model.size, "arms": {},
              "stage1": None if stage1 is None else {k: v for k, v in stage1.items() if k != "params"}}
-  for arm in arms:
-    params, trainable, report = arm_initial_params(arm, seeds, model_config, sources,
-                                                   config.embedding, config.train_components)
-    tcfg = ml_collections.ConfigDict(task_cfg.train.to_dict())
-    if arm.control == "entropy":
-      tcfg.attention_entropy_weight = arm.amount
-    print(f"arm {arm.name}: {len(seeds)} seeds × {tcfg.steps} steps"
-          + ("" if report is None else f"; transfer {report.counts()}"))
+  processes = arm_processes(config, len(arms))
+  config_dict = config.to_dict()
+  if processes:
+    import concurrent.futures  # noqa: PLC0415
+    import multiprocessing  # noqa: PLC0415
 
-    def on_eval(step, means, arm=arm):
-      acc = means["accuracy"]
-      print(f"  {arm.name} step {step}: accuracy mean {100 * acc.mean():.1f} % "
-            f"(per seed {' '.join(f'{100 * a:.0f}' for a in acc)})", flush=True)
-
-    _, curves = seed_parallel.fit_seeds(
-        tcfg, model_config=model_config, params=params,
-        train_batches=[t.train_batch for t in task_sets], eval_sets=eval_sets, seeds=seeds,
-        trainable=trainable, on_eval=on_eval)
-    arrays = curves.as_arrays()
-    results["arms"][arm.name] = {
-        "accuracy": summarize(curves, "accuracy"), "exact_match": summarize(curves, "exact_match"),
-        "curve_steps": curves.steps, "curve_accuracy": arrays["accuracy"].tolist(),
-        "curve_exact_match": arrays["exact_match"].tolist(), "train_seconds": curves.train_seconds,
-        "transfer": None if report is None else report.counts()}
+    print(f"training {len(arms)} arms in {processes} worker processes", flush=True)
+    with concurrent.futures.ProcessPoolExecutor(
+        processes, mp_context=multiprocessing.get_context("spawn"),
+        initializer=_single_device_worker) as pool:
+      futures = {arm.name: pool.submit(train_arm, config_dict, arm.name, sources, seeds)
+                 for arm in arms}
+      for name, future in futures.items():
+        results["arms"][name] = future.result()
+  else:
+    for arm in arms:
+      results["arms"][arm.name] = train_arm(config_dict, arm.name, sources, seeds)
   results["wall_seconds"] = time.perf_counter() - started
   with open(os.path.join(workdir, "results.json"), "w") as f:
     json.dump(results, f, indent=1)
   table = write_table(results, os.path.join(workdir, "results.md"))
   plot_curves(results, os.path.join(workdir, "accuracy.png"))
-  print(f"\n{results['task']}, {len(seeds)} seeds, {task_cfg.train.steps} steps "
+  print(f"\n{results['task']}, {len(seeds)} seeds, {config.task.train.steps} steps "
         f"(wall {results['wall_seconds']:.0f} s)\n{table}\nplot: {os.path.join(workdir, 'accuracy.png')}")
   return results
