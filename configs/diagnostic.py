@@ -11,8 +11,6 @@ heads, components joined by '_' (attn_mlp_ln), optionally from other runs (attn=
 Outputs: results.json, results.md (table), accuracy.png (curves per arm).
 """
 
-import ml_collections
-
 from procedural_pretraining import configlib, recipes
 
 
@@ -21,19 +19,4 @@ def get_config(arg=None):
       arg, pretrain="dyck", task="haystack", arms="baseline+everything", seeds=5, first_seed=0,
       stage1_steps=3000, stage1_lr=1e-2, stage1_batch=128, stage1_seed=0, task_steps=10000,
       task_batch=256, embedding="average", train="everything", runlocal=False)
-  config = ml_collections.ConfigDict()
-  config.kind = "diagnostic"
-  config.stage1 = recipes.stage1(args.pretrain, steps=args.stage1_steps, batch=args.stage1_batch,
-                                 lr=args.stage1_lr, seed=args.stage1_seed, runlocal=args.runlocal)
-  config.stage1_workdir = ""
-  config.gate = ml_collections.ConfigDict({"min_closing_accuracy": 0.95, "stop": False})
-  config.task = recipes.task_training(args.task, steps=args.task_steps, batch=args.task_batch,
-                                      runlocal=args.runlocal)
-  config.arms = args.arms
-  config.seeds = args.seeds
-  config.first_seed = args.first_seed
-  config.embedding = args.embedding
-  config.train_components = args.train
-  config.sources = ml_collections.ConfigDict()
-  config.arm_processes = -1  # worker processes for the arms (-1: one per core on CPU; 0: inline)
-  return config
+  return recipes.diagnostic(**args.to_dict())

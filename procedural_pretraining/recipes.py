@@ -100,3 +100,27 @@ def task_training(task_id: str = "condattendstream_30", *, steps: int = 0, batch
     config.train.steps_per_dispatch = 50
     config.data.test_samples = 1000
   return config
+
+
+def diagnostic(*, pretrain: str = "dyck", task: str = "haystack", arms: str = "baseline+everything",
+               seeds: int = 5, first_seed: int = 0, stage1_steps: int = 3000, stage1_lr: float = 1e-2,
+               stage1_batch: int = 128, stage1_seed: int = 0, task_steps: int = 10000,
+               task_batch: int = 256, embedding: str = "average", train: str = "everything",
+               runlocal: bool = False) -> ml_collections.ConfigDict:
+  """The diagnostic experiment (``diagnostic.run``): stage 1, gate, arms × seeds on a task."""
+  config = ml_collections.ConfigDict()
+  config.kind = "diagnostic"
+  config.stage1 = stage1(pretrain, steps=stage1_steps, batch=stage1_batch, lr=stage1_lr,
+                         seed=stage1_seed, runlocal=runlocal)
+  config.stage1_workdir = ""  # '' = <workdir>/stage1
+  # Skill gate on stage 1 (closing-bracket accuracy for Dyck families); stop=True refuses to go on.
+  config.gate = ml_collections.ConfigDict({"min_closing_accuracy": 0.95, "stop": False})
+  config.task = task_training(task, steps=task_steps, batch=task_batch, runlocal=runlocal)
+  config.arms = arms
+  config.seeds = seeds
+  config.first_seed = first_seed
+  config.embedding = embedding
+  config.train_components = train
+  config.sources = ml_collections.ConfigDict()  # name -> workdir, for composition arms
+  config.arm_processes = -1  # worker processes for the arms (-1: one per core on CPU; 0: inline)
+  return config
