@@ -260,6 +260,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   started = time.perf_counter()
   arms = parse_arms(config.arms)
   seeds = list(range(config.first_seed, config.first_seed + config.seeds))
+  missing = {s for arm in arms for _, s in arm.assignments} - {PRETRAINED} - set(config.sources)
+  if missing:  # checked before any training
+    raise ConfigError(f"arms use sources {sorted(missing)} that config.sources does not name "
+                      "(--config.sources.<name>=<workdir of a finished run>)")
   configlib.write_resolved(config, workdir)
   sources, stage1 = {}, None
   if any(not arm.is_scratch for arm in arms):
@@ -267,9 +271,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     sources[PRETRAINED] = stage1["params"]
   for name, path in config.sources.items():
     sources[name] = checkpoint.restore_params(path)[0]
-  missing = {s for arm in arms for _, s in arm.assignments} - set(sources)
-  if missing:
-    raise ConfigError(f"arms use sources {sorted(missing)} that config.sources does not name")
   sources = jax.tree_util.tree_map(np.asarray, sources)
   task = tasks.parse_task(config.task.data.task)
   results = {"task": task.task_id, "seeds": seeds, "model": config.task.model.size, "arms": {},

@@ -1,0 +1,90 @@
+"""End-to-end miniature of the diagnostic driver: stage 1 → gate → arms × seeds → table and plot."""
+
+import json
+import os
+
+import pytest
+
+from procedural_pretraining import diagnostic, recipes
+from procedural_pretraining.configlib import ConfigError
+
+# A 2-layer model has, per block, 4 attention + 4 MLP + 4 LayerNorm leaves, plus ln_f's 2.
+EVERYTHING_COPIED = 2 * 12 + 2
+ATTN_COPIED = 2 * 4
+
+
+def tiny_config(arms: str, *, min_gate: float = 0.0, stop: bool = False):
+  config = recipes.diagnostic(pretrain="dyck", task="haystack", arms=arms, seeds=2, stage1_steps=20,
+                              stage1_batch=8, task_steps=20, task_batch=16)
+  config.stage1.data.params.seq_length = 100  # context 100 = Haystack's: position rows transfer
+  config.stage1.data.eval_samples = 16
+  config.stage1.train.steps_per_dispatch = 10
+  config.stage1.train.log_every = 10
+  config.stage1.train.eval_every = 20
+  config.stage1.checkpoint.every = 0
+  config.task.data.test_samples = 64
+  config.task.train.warmup_steps = 2
+  config.task.train.steps_per_dispatch = 10
+  config.task.train.eval_every = 10
+  config.gate.min_closing_accuracy = min_gate
+  config.gate.stop = stop
+  config.arm_processes = 0
+  return config
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("diagnostic"))
+  results = diagnostic.run(tiny_config("baseline+everything+attn@noise0.01"), workdir)
+  return workdir, results
+
+
+def test_results_cover_every_arm_and_seed(finished_run):
+  workdir, results = finished_run
+  with open(os.path.join(workdir, "results.json")) as f:
+    on_disk = json.load(f)
+  assert on_disk["arms"].keys() == {"baseline", "everything", "attn@noise0.01"}
+  assert on_disk["seeds"] == [0, 1]
+  for arm in on_disk["arms"].values():
+    assert arm["curve_steps"] == [10, 20]
+    assert len(arm["curve_accuracy"]) == 2 and all(len(row) == 2 for row in arm["curve_accuracy"])
+    final = arm["accuracy"]["final_per_seed"]
+    assert final == arm["curve_accuracy"][-1]
+    assert abs(arm["accuracy"]["final_mean"] - sum(final) / 2) < 1e-9
+    assert all(0.0 <= a <= 1.0 for a in final)
+  assert on_disk["arms"]["baseline"]["transfer"] is None
+  assert on_disk["arms"]["everything"]["transfer"] == {"copied": EVERYTHING_COPIED, "average": 2,
+                                                       "rows": 1, "frozen": 0}
+  assert on_disk["arms"]["attn@noise0.01"]["transfer"]["copied"] == ATTN_COPIED
+  assert 0.0 <= on_disk["stage1"]["closing_bracket_accuracy"] <= 1.0
+
+
+def test_table_and_plot_are_written(finished_run):
+  workdir, results = finished_run
+  with open(os.path.join(workdir, "results.md")) as f:
+    rows = [line for line in f if line.startswith("| ") and not line.startswith("| arm")]
+  assert [row.split("|")[1].strip() for row in rows] == list(results["arms"])
+  with open(os.path.join(workdir, "accuracy.png"), "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_finished_stage1_is_reused_not_retrained(finished_run, capsys):
+  workdir, _ = finished_run
+  stage1 = os.path.join(workdir, "stage1", "checkpoints")
+  before = sorted(os.listdir(stage1))
+  mtimes = {name: os.path.getmtime(os.path.join(stage1, name)) for name in before}
+  diagnostic.run(tiny_config("everything"), workdir)
+  assert "reusing the finished run" in capsys.readouterr().out
+  assert sorted(os.listdir(stage1)) == before
+  assert all(os.path.getmtime(os.path.join(stage1, n)) == t for n, t in mtimes.items())
+
+
+def test_gate_with_stop_refuses_to_train_arms(finished_run):
+  workdir, _ = finished_run
+  with pytest.raises(ConfigError, match="below the gate"):
+    diagnostic.run(tiny_config("everything", min_gate=1.01, stop=True), workdir)
+
+
+def test_composition_arm_needs_named_sources(tmp_path):
+  with pytest.raises(ConfigError, match="sources"):
+    diagnostic.run(tiny_config("attn=A_mlp=B"), str(tmp_path))
