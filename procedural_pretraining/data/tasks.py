@@ -43,6 +43,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from procedural_pretraining.data import counter_rng
+from procedural_pretraining.data.procedural.base import SampleGenerator
 
 Batch = dict[str, np.ndarray]
 
@@ -62,8 +63,8 @@ def _wanted_mask(tokens: np.ndarray, threshold: int) -> np.ndarray:
   return mask.astype(np.int32)
 
 
-class Task(abc.ABC):
-  """A downstream task. Subclasses are ``@dataclasses.dataclass(frozen=True)``."""
+class Task(SampleGenerator):
+  """A downstream task (``generate`` adds ``answer_mask``). Subclasses are frozen dataclasses."""
 
   model_size: ClassVar[str] = "2_4_16"   # the reference's size string n_layer_n_head_n_embd
   batch_size: ClassVar[int] = 1000
@@ -77,31 +78,8 @@ class Task(abc.ABC):
 
   @property
   @abc.abstractmethod
-  def vocab_size(self) -> int:
-    """Model vocabulary (ids ``0 … vocab_size-1``; some may be unused, as in [R])."""
-
-  @property
-  @abc.abstractmethod
-  def length(self) -> int:
-    """Padded number of tokens per sample."""
-
-  @property
-  @abc.abstractmethod
   def context(self) -> int:
     """The model's number of positions (≥ ``length``)."""
-
-  @property
-  @abc.abstractmethod
-  def pad_id(self) -> int:
-    """Right-padding id."""
-
-  @abc.abstractmethod
-  def generate(self, keys: np.ndarray) -> Batch:
-    """uint64 ``[B]`` keys → ``{'tokens', 'loss_mask', 'answer_mask'}``, int32 ``[B, length]``."""
-
-  @abc.abstractmethod
-  def token_names(self) -> list[str]:
-    """A distinct readable name per id."""
 
   @abc.abstractmethod
   def decode(self, tokens: np.ndarray | Sequence[int]) -> str:

@@ -66,20 +66,19 @@ def _import_all_families() -> None:
   import procedural_pretraining.data.procedural  # noqa: F401
 
 
-class Family(abc.ABC):
-  """A procedural generator family. Subclasses are ``@dataclasses.dataclass(frozen=True)``."""
-
-  name: ClassVar[str]
+class SampleGenerator(abc.ABC):
+  """Anything that turns per-sample keys into fixed-length samples: procedural families and
+  downstream tasks (``data/tasks.py``). Subclasses are ``@dataclasses.dataclass(frozen=True)``."""
 
   @property
   @abc.abstractmethod
   def vocab_size(self) -> int:
-    """Number of token ids the family uses (ids are ``0 … vocab_size - 1``)."""
+    """Number of token ids the samples use (ids are ``0 … vocab_size - 1``)."""
 
   @property
   @abc.abstractmethod
   def length(self) -> int:
-    """Fixed number of tokens per sample (``T``), i.e. the context a model needs."""
+    """Fixed (padded) number of tokens per sample (``T``)."""
 
   @property
   @abc.abstractmethod
@@ -90,6 +89,16 @@ class Family(abc.ABC):
   def generate(self, keys: np.ndarray) -> Batch:
     """``keys``: uint64 ``[B]`` → ``{'tokens', 'loss_mask', …}`` int32 ``[B, length]``."""
 
+  def token_names(self) -> list[str]:
+    """Human-readable name of every id, for previews and notebooks."""
+    return [str(i) for i in range(self.vocab_size)]
+
+
+class Family(SampleGenerator):
+  """A procedural generator family (its ``length`` is the context a model needs)."""
+
+  name: ClassVar[str]
+
   @abc.abstractmethod
   def shuffle_segments(self, batch: Batch) -> np.ndarray:
     """int32 ``[B, T]`` segment ids for the shuffled control (method-spec §2.11).
@@ -97,10 +106,6 @@ class Family(abc.ABC):
     0 = position stays where it is (separators, padding); positions sharing an id ``s > 0`` are
     permuted among themselves.
     """
-
-  def token_names(self) -> list[str]:
-    """Human-readable name of every id, for previews and notebooks."""
-    return [str(i) for i in range(self.vocab_size)]
 
   def sample_stats(self, batch: Batch) -> dict[str, np.ndarray]:
     """Per-sample summary statistics (``[B]`` arrays) shown by the preview command."""

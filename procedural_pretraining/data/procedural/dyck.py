@@ -171,9 +171,35 @@ def dyck_depths(up: np.ndarray, end_forcing: bool = True) -> np.ndarray:
 # k-Dyck
 
 
+class _BracketFamily(Family):
+  """What k-Dyck and k-Dyck-shuffle share: the vocabulary (openers ``0…k-1``, closers ``k…2k-1``,
+  PAD ``2k``), ``seq_length`` tokens per sample, and the shuffled control over all positions."""
+
+  k: int
+  seq_length: int
+
+  @property
+  def vocab_size(self) -> int:
+    return 2 * self.k + 1
+
+  @property
+  def length(self) -> int:
+    return self.seq_length
+
+  @property
+  def pad_id(self) -> int:
+    return 2 * self.k
+
+  def shuffle_segments(self, batch: Batch) -> np.ndarray:
+    return np.ones(batch["tokens"].shape, dtype=np.int32)
+
+  def token_names(self) -> list[str]:
+    return _bracket_names(self.k)
+
+
 @register
 @dataclasses.dataclass(frozen=True)
-class Dyck(Family):
+class Dyck(_BracketFamily):
   """k-Dyck (method-spec §2.8): concatenated balanced words over ``k`` bracket types.
 
   ``seq_length`` must be even (the reference's sequences are balanced iff it is); ``allow_odd=True``
@@ -192,18 +218,6 @@ class Dyck(Family):
     if self.seq_length % 2 and not self.allow_odd:
       raise ValueError(f"dyck: seq_length must be even for balanced sequences, got "
                        f"{self.seq_length} (set allow_odd=True to end with an unclosed opener)")
-
-  @property
-  def vocab_size(self) -> int:
-    return 2 * self.k + 1
-
-  @property
-  def length(self) -> int:
-    return self.seq_length
-
-  @property
-  def pad_id(self) -> int:
-    return 2 * self.k
 
   def generate(self, keys: np.ndarray) -> Batch:
     keys = np.asarray(keys, dtype=np.uint64)
@@ -237,12 +251,6 @@ class Dyck(Family):
     flat[order[:, 0::2]] = pair_types
     flat[order[:, 1::2]] = pair_types + self.k
     return out
-
-  def shuffle_segments(self, batch: Batch) -> np.ndarray:
-    return np.ones(batch["tokens"].shape, dtype=np.int32)
-
-  def token_names(self) -> list[str]:
-    return _bracket_names(self.k)
 
   def sample_stats(self, batch: Batch) -> dict[str, np.ndarray]:
     depth = _depths_from_tokens(batch["tokens"], self.k)
@@ -385,7 +393,7 @@ def _shuffle_tokens(is_open: np.ndarray, open_type: np.ndarray, choice: np.ndarr
 
 @register
 @dataclasses.dataclass(frozen=True)
-class DyckShuffle(Family):
+class DyckShuffle(_BracketFamily):
   """k-Dyck-shuffle (method-spec §2.9): brackets close in any order, depth capped at ``max_depth``.
 
   Depth 0 → opener; depth ≥ ``max_depth`` → closer; otherwise open with probability ``p_open``.
@@ -405,18 +413,6 @@ class DyckShuffle(Family):
     if not isinstance(self.max_depth, int | np.integer) or self.max_depth < 1:
       raise ValueError(f"dyck_shuffle: max_depth must be a positive int, got {self.max_depth!r}")
 
-  @property
-  def vocab_size(self) -> int:
-    return 2 * self.k + 1
-
-  @property
-  def length(self) -> int:
-    return self.seq_length
-
-  @property
-  def pad_id(self) -> int:
-    return 2 * self.k
-
   def generate(self, keys: np.ndarray) -> Batch:
     keys = np.asarray(keys, dtype=np.uint64)
     n, k = self.seq_length, self.k
@@ -432,12 +428,6 @@ class DyckShuffle(Family):
     choice, _ = _draws(keys, n, 32, used)
     tokens = _shuffle_tokens(is_open, _reduce(choice, k), choice, k, max_depth)
     return {"tokens": tokens, "loss_mask": _all_but_last_mask(batch_size, n)}
-
-  def shuffle_segments(self, batch: Batch) -> np.ndarray:
-    return np.ones(batch["tokens"].shape, dtype=np.int32)
-
-  def token_names(self) -> list[str]:
-    return _bracket_names(self.k)
 
   def sample_stats(self, batch: Batch) -> dict[str, np.ndarray]:
     depth = _depths_from_tokens(batch["tokens"], self.k)
