@@ -27,6 +27,7 @@ test-all: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/train_step.py
 	$(PY) benchmarks/generators.py
+	$(PY) benchmarks/diagnostic_speed.py --steps=50 --seeds=10
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
