@@ -1,7 +1,8 @@
 """Command-line entry point: ``python -m procedural_pretraining.main --config=… --workdir=…``.
 
 Exit codes: 0 done; 2 a configuration problem (one line on stderr says what and how to fix it);
-3 the loss became NaN/Inf. Checkpoints already written are never touched on error.
+3 the loss became NaN/Inf; 128+N stopped by signal N (SIGTERM 143, SIGINT 130) after saving a
+checkpoint at the next step boundary. Checkpoints already written are never touched on error.
 """
 
 from __future__ import annotations
@@ -69,6 +70,8 @@ def main(argv: list[str]) -> None:
     _fail(2, str(e))
   except train.NonFiniteLossError as e:
     _fail(3, str(e))
+  except train.Interrupted as e:
+    _fail(128 + e.signum, str(e))  # the shell convention for "killed by signal N"
 
 
 if __name__ == "__main__":

@@ -339,6 +339,47 @@ def all_finite(tree) -> bool:
   return bool(_finite(tree))
 
 
+class Interrupted(Exception):
+  """SIGTERM/SIGINT arrived: the state at the next step boundary was checkpointed, the run stopped."""
+
+  def __init__(self, signum: int, step: int, directory: str):
+    self.signum, self.step = signum, step
+    super().__init__(f"interrupted by signal {signum} at step {step}; checkpoint saved in {directory}; "
+                     "re-run the same command to resume")
+
+
+class StopRequest:
+  """Within ``with``: SIGTERM/SIGINT only record the signal (the loop saves and stops at the next
+  dispatch boundary) instead of killing the process mid-write. Previous handlers come back after."""
+
+  SIGNALS = ("SIGTERM", "SIGINT")
+
+  def __init__(self):
+    self.signal = 0
+    self._previous = {}
+
+  def __enter__(self):
+    import signal  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+
+    if threading.current_thread() is threading.main_thread():  # handlers only work there
+      for name in self.SIGNALS:
+        signum = getattr(signal, name)
+        self._previous[signum] = signal.signal(signum, self._record)
+    return self
+
+  def _record(self, signum, frame):
+    del frame
+    self.signal = signum
+
+  def __exit__(self, *exc):
+    import signal  # noqa: PLC0415
+
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
+    return False
+
+
 def model_config_for(config: ml_collections.ConfigDict, data) -> model.GPT2Config:
   """The GPT-2 of ``config.model`` sized to ``data``'s vocabulary and context."""
   mcfg = config.model
@@ -390,18 +431,24 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                       meta=meta | {"step": step, "tokens_seen": step * config.train.batch_size
                                    * data.length})
 
+  stop = StopRequest()
+
   def on_dispatch(state, step):
     every = config.checkpoint.every
-    if every and step % every < config.train.steps_per_dispatch and step < config.train.steps:
+    due = every and step % every < config.train.steps_per_dispatch and step < config.train.steps
+    if (due or stop.signal) and all_finite(state["params"]):
       # fit checks a dispatch's loss one dispatch late: never checkpoint a state it has not checked.
-      if all_finite(state["params"]):
-        save(state, step)
+      save(state, step)
+    if stop.signal:
+      checkpointer.wait()
+      raise Interrupted(stop.signal, step, checkpointer.directory)
 
   log = metric_log.MetricLog(workdir, config.train.steps,
                              initial_step=0 if state is None else int(state["step"]))
   try:
-    result = fit(config, data=data, model_config=model_config, params=params, log=log, state=state,
-                 on_dispatch=on_dispatch)
+    with stop:
+      result = fit(config, data=data, model_config=model_config, params=params, log=log,
+                   state=state, on_dispatch=on_dispatch)
     if checkpointer.latest_step() != config.train.steps:
       save(result.state, config.train.steps)
   finally:

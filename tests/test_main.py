@@ -174,3 +174,33 @@ def _assert_config_error(result, mentions: str):
   assert line.startswith("error: "), line
   assert mentions in line, line
   assert "Traceback" not in result.stderr
+
+
+def test_sigterm_saves_at_the_step_boundary_and_the_rerun_finishes(cli, tmp_path):
+  """SIGTERM mid-run: a checkpoint at the interrupted step, exit 143, one line; the same command
+  then resumes from that step and finishes."""
+  import signal
+  import time
+
+  workdir = tmp_path / "run"
+  steps = 400  # long enough to still be training when the signal arrives
+  args = [*COMMON, f"--config.train.steps={steps}", "--config.checkpoint.every=0"]
+  running = cli.start(workdir, *args)
+  metrics = workdir / "metrics.jsonl"
+  deadline = time.time() + 240
+  while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+    time.sleep(0.2)
+  assert running.process.poll() is None, running.result().describe()
+  running.process.send_signal(signal.SIGTERM)
+  result = running.result()
+  assert result.returncode == 128 + signal.SIGTERM, result.describe()
+  assert len(result.messages) == 1 and "re-run the same command" in result.messages[0], result.messages
+  saved = [int(s) for s in os.listdir(checkpoint.checkpoint_dir(str(workdir)))]
+  assert len(saved) == 1 and 0 < saved[0] < steps, saved  # only the interruption's checkpoint
+  rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+  assert max(r["step"] for r in rows) <= saved[0]
+
+  rerun = cli(workdir, *args)
+  assert rerun.returncode == 0, rerun.describe()
+  assert f"resuming from step {saved[0]}" in rerun.stdout
+  assert steps in [int(s) for s in os.listdir(checkpoint.checkpoint_dir(str(workdir)))]
