@@ -41,6 +41,12 @@ AXES = {
 _SIZE_RE = re.compile(r"^(\d+)_(\d+)_(\d+)$")
 
 
+def path_names(path) -> tuple[str, ...]:
+  """A pytree key path as names (``('h', '0', 'attn', 'c_attn', 'kernel')``): dict keys, sequence
+  indices and attribute names alike, so parameter and optimizer-state paths read the same way."""
+  return tuple(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
+
+
 def parse_size(size: str) -> tuple[int, int, int]:
   """``'layers_heads_width'`` (e.g. ``'12_12_768'``) → ``(n_layer, n_head, n_embd)``."""
   match = _SIZE_RE.match(size)

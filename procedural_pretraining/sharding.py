@@ -78,17 +78,13 @@ def state_shardings(state_shape, param_sharding, mesh) -> dict:
           "step": replicated}
 
 
-def _path_names(path) -> tuple:
-  return tuple(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
-
-
 def _by_shape_path(tree):
-  return [(_path_names(path), leaf) for path, leaf in jax.tree_util.tree_flatten_with_path(
+  return [(model.path_names(path), leaf) for path, leaf in jax.tree_util.tree_flatten_with_path(
       tree, is_leaf=lambda x: isinstance(x, NamedSharding))[0]]
 
 
 def _param_suffix(path) -> tuple:
-  names = _path_names(path)
+  names = model.path_names(path)
   for start in range(len(names)):
     if names[start] in ("wte", "wpe", "h", "ln_f", "lm_head"):
       return names[start:]

@@ -9,7 +9,11 @@ replays exactly the randomness the uninterrupted one would have used.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import os
+import signal
+import threading
 import time
 from collections.abc import Callable
 
@@ -19,8 +23,9 @@ import ml_collections
 import numpy as np
 import optax
 
-from procedural_pretraining import evaluate, model, sharding
+from procedural_pretraining import checkpoint, configlib, evaluate, metric_log, model, sharding
 from procedural_pretraining.configlib import ConfigError, check_choice, require
+from procedural_pretraining.data import pipeline
 
 SCHEDULES = ("constant", "linear", "cosine")
 DECAY_MASKS = ("all", "no_bias_ln")
@@ -58,16 +63,12 @@ def make_schedule(train_cfg: ml_collections.ConfigDict) -> optax.Schedule:
       floor=train_cfg.min_lr_ratio)
 
 
-def _path_names(path) -> list[str]:
-  return [str(getattr(entry, "key", getattr(entry, "idx", entry))) for entry in path]
-
-
 def decay_mask(params, mode: str):
   """Which leaves get weight decay: ``all`` (reference stage 1) or ``no_bias_ln`` (HF Trainer)."""
   check_choice("train.decay_mask", mode, DECAY_MASKS)
 
   def decays(path, _):
-    names = _path_names(path)
+    names = model.path_names(path)
     if mode == "all":
       return True
     return names[-1] != "bias" and not any(n.startswith("ln_") for n in names)
@@ -263,7 +264,6 @@ def fit(config: ml_collections.ConfigDict, *, data, model_config: model.GPT2Conf
   ``on_dispatch(state, step)`` runs after every dispatch (checkpointing, signals); it sees the state
   *before* the host has fetched that dispatch's metrics, so it never forces a device sync.
   """
-  from procedural_pretraining.data import pipeline  # noqa: PLC0415  (avoid a cycle at import)
 
   tcfg = config.train
   validate_train_config(tcfg)
@@ -359,8 +359,6 @@ class StopRequest:
     self._previous = {}
 
   def __enter__(self):
-    import signal  # noqa: PLC0415
-    import threading  # noqa: PLC0415
 
     if threading.current_thread() is threading.main_thread():  # handlers only work there
       for name in self.SIGNALS:
@@ -373,7 +371,6 @@ class StopRequest:
     self.signal = signum
 
   def __exit__(self, *exc):
-    import signal  # noqa: PLC0415
 
     for signum, handler in self._previous.items():
       signal.signal(signum, handler)
@@ -398,11 +395,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   Re-running the same command in the same ``workdir`` resumes from the newest checkpoint, at the
   same data position and with the same dropout keys, so it ends where an uninterrupted run would.
   """
-  import json  # noqa: PLC0415
-  import os  # noqa: PLC0415
 
-  from procedural_pretraining import checkpoint, configlib, metric_log  # noqa: PLC0415
-  from procedural_pretraining.data import pipeline  # noqa: PLC0415
 
   validate_train_config(config.train)
   data = pipeline.make_data(config.data, seed=config.seed, batch_size=config.train.batch_size)

@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from procedural_pretraining import model
+
 EMBEDDING_STRATEGIES = ("average", "retain", "partial_matching", "random")
 EMBEDDING_PATHS = ("wte", "wpe", "lm_head")
 
@@ -30,7 +32,7 @@ class TransferError(ValueError):
 
 
 def path_str(path) -> str:
-  return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+  return "/".join(model.path_names(path))
 
 
 def _parts(path: str) -> list[str]:
