@@ -258,11 +258,14 @@ class FitResult:
 
 
 def fit(config: ml_collections.ConfigDict, *, data, model_config: model.GPT2Config, params,
-        log, trainable=None, state=None, on_dispatch: Callable | None = None) -> FitResult:
+        log, trainable=None, state=None, on_dispatch: Callable | None = None,
+        consume_params: bool = False) -> FitResult:
   """Trains ``params`` on ``data`` for ``config.train.steps`` steps (from ``state['step']`` if given).
 
   ``on_dispatch(state, step)`` runs after every dispatch (checkpointing, signals); it sees the state
   *before* the host has fetched that dispatch's metrics, so it never forces a device sync.
+  The train step donates its state buffers; the caller's ``params`` are copied first unless
+  ``consume_params`` hands them over (saving a copy of a large model's weights).
   """
 
   tcfg = config.train
@@ -273,7 +276,8 @@ def fit(config: ml_collections.ConfigDict, *, data, model_config: model.GPT2Conf
                                   attention_entropy_weight=tcfg.attention_entropy_weight)
   train_fn = jax.jit(functions.train, donate_argnums=0)
   eval_fn = jax.jit(functions.evaluate)
-  state = init_state(params, tx) if state is None else state
+  if state is None:
+    state = init_state(params if consume_params else jax.tree_util.tree_map(jnp.copy, params), tx)
   step = int(state["step"])
   mesh = sharding.make_mesh(config.get("mesh"))
   sharding.check_batch_divisible(tcfg.batch_size // tcfg.grad_accum, mesh)
@@ -441,7 +445,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   try:
     with stop:
       result = fit(config, data=data, model_config=model_config, params=params, log=log,
-                   state=state, on_dispatch=on_dispatch)
+                   state=state, on_dispatch=on_dispatch, consume_params=True)
     if checkpointer.latest_step() != config.train.steps:
       save(result.state, config.train.steps)
   finally:

@@ -603,3 +603,28 @@ def test_cli_nan_leaves_no_checkpoint_of_the_nonfinite_state(nan_cli):
   assert not late, (
       f"BUG: the loss became NaN at step {nan_step} but checkpoints {late} were written from the "
       "non-finite state; re-running the command (e.g. with a lower lr) resumes from them")
+
+
+def test_fit_leaves_the_callers_params_intact(tmp_path):
+  """The train step donates its state; fit must not consume the arrays a caller (a notebook) holds."""
+  from procedural_pretraining import metric_log, recipes
+  from procedural_pretraining.data import pipeline
+
+  config = recipes.task_training("haystack", steps=4, batch=8)
+  config.data.test_samples = 16
+  config.train.steps_per_dispatch = 2
+  config.train.eval_every = 4
+  data = pipeline.make_data(config.data, seed=0, batch_size=8)
+  model_config = train.model_config_for(config, data)
+  params = train.init_params(model_config, 0)
+  before = jax.tree_util.tree_map(np.asarray, params)
+  result = train.fit(config, data=data, model_config=model_config, params=params,
+                     log=metric_log.MetricLog(str(tmp_path), 4, progress=False, tensorboard=False))
+  assert int(result.state["step"]) == 4
+  for leaf, original in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(before),
+                            strict=True):
+    assert not leaf.is_deleted()
+    np.testing.assert_array_equal(np.asarray(leaf), original)
+  trained = jax.tree_util.tree_leaves(result.state["params"])
+  assert any(not np.array_equal(np.asarray(a), b)
+             for a, b in zip(trained, jax.tree_util.tree_leaves(before), strict=True))
