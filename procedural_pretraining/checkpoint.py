@@ -83,26 +83,25 @@ class Checkpointer:
     for step in sorted(self.manager.all_steps(), reverse=True):
       try:
         meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-      except Exception:  # noqa: BLE001  (unreadable meta: the full restore below reports it)
-        meta = None
-      mismatched = {k: (meta.get(k), v) for k, v in (expect or {}).items()
-                    if meta is not None and k in meta and meta[k] != v}
-      if mismatched:
-        raise ConfigError(f"{self.directory} holds checkpoints of a different run "
-                          f"({', '.join(f'{k}: saved {a}, now {b}' for k, (a, b) in mismatched.items())}); "
-                          "use a new --workdir")
-      try:
+        mismatched = {k: (meta.get(k), v) for k, v in (expect or {}).items()
+                      if k in meta and meta[k] != v}
+        if mismatched:
+          raise ConfigError(f"{self.directory} holds checkpoints of a different run ("
+                            f"{', '.join(f'{k}: saved {a}, now {b}' for k, (a, b) in mismatched.items())}"
+                            "); use a new --workdir")
         restored = self.manager.restore(step, args=ocp.args.Composite(
             params=ocp.args.StandardRestore(abstract(target_state["params"])),
             opt_state=ocp.args.StandardRestore(abstract(target_state["opt_state"])),
-            data=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()))
+            data=ocp.args.JsonRestore()))
+      except ConfigError:
+        raise
       except Exception as e:  # noqa: BLE001  (any unreadable checkpoint falls back to the previous)
         logging.warning("checkpoint %s/%d is unreadable (%s: %s); trying the previous one",
                         self.directory, step, type(e).__name__, str(e).splitlines()[0][:200])
         continue
       state = {"params": restored["params"], "opt_state": restored["opt_state"],
                "step": jax.numpy.asarray(step, jax.numpy.int32)}
-      return state, restored["data"], restored["meta"]
+      return state, restored["data"], meta
     return None
 
   def wait(self) -> None:

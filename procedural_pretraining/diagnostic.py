@@ -206,14 +206,10 @@ def train_arm(config_dict: dict, arm_name: str, sources: dict, seeds: list[int])
   config = ml_collections.ConfigDict(config_dict)
   arm = parse_arm(arm_name)
   task_cfg = config.task
-  task_sets = [tasks.TaskData.create(task_cfg.data.task, seed=s,
-                                     test_size=task_cfg.data.test_samples,
-                                     batch_size=task_cfg.train.batch_size) for s in seeds]
-  data0 = pipeline.make_data(task_cfg.data, seed=seeds[0], batch_size=1)
-  model_config = train.model_config_for(task_cfg, data0)
-  eval_batch = task_cfg.data.eval_batch_size
-  eval_sets = [[{k: v[i:i + eval_batch] for k, v in t.test.items()}
-                for i in range(0, len(t.test["tokens"]), eval_batch)] for t in task_sets]
+  # Each seed's data exactly as a single run of this task config would build it.
+  datas = [pipeline.make_data(task_cfg.data, seed=s, batch_size=task_cfg.train.batch_size)
+           for s in seeds]
+  model_config = train.model_config_for(task_cfg, datas[0])
   params, trainable, report = arm_initial_params(arm, seeds, model_config, sources,
                                                  config.embedding, config.train_components)
   tcfg = ml_collections.ConfigDict(task_cfg.train.to_dict())
@@ -229,7 +225,8 @@ def train_arm(config_dict: dict, arm_name: str, sources: dict, seeds: list[int])
 
   _, curves = seed_parallel.fit_seeds(
       tcfg, model_config=model_config, params=params,
-      train_batches=[t.train_batch for t in task_sets], eval_sets=eval_sets, seeds=seeds,
+      train_batches=[d.train_batch for d in datas],
+      eval_sets=[d.eval_sets["test"] for d in datas], seeds=seeds,
       trainable=trainable, on_eval=on_eval)
   arrays = curves.as_arrays()
   return {"accuracy": summarize(curves, "accuracy"), "exact_match": summarize(curves, "exact_match"),

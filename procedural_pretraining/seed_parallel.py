@@ -111,14 +111,14 @@ def fit_seeds(tcfg: ml_collections.ConfigDict, *, model_config: model.GPT2Config
       lambda first: dispatch_batches(first, min(K, tcfg.steps - first)))
   stream = iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2)))
   curves = SeedCurves(steps=[], metrics={}, train_seconds=0.0)
-  pending_losses = None
+  pending = None  # (loss sums of the previous dispatch, its first step): checked one dispatch late
   start_time = time.perf_counter()
   for first in starts:
     count = min(K, tcfg.steps - first)
     state, metrics = train_fn(state, _shard_seeds(next(stream), mesh), run_keys)
-    if pending_losses is not None:
-      _check_losses(*pending_losses)
-    pending_losses = (metrics, first)
+    if pending is not None:
+      train.check_dispatch(jax.device_get(pending[0]), pending[1], tcfg.loss_positions)
+    pending = ({k: metrics[k] for k in ("loss_sum", "loss_tokens", "overflow")}, first)
     step = first + count
     if progress is not None:
       progress(count)
@@ -129,22 +129,7 @@ def fit_seeds(tcfg: ml_collections.ConfigDict, *, model_config: model.GPT2Config
         curves.metrics.setdefault(key, []).append(value)
       if on_eval is not None:
         on_eval(step, means)
-  _check_losses(*pending_losses)
+  train.check_dispatch(jax.device_get(pending[0]), pending[1], tcfg.loss_positions)
   jax.block_until_ready(state)
   curves.train_seconds = time.perf_counter() - start_time
   return state, curves
-
-
-def _check_losses(metrics, first_step: int):
-  sums = jax.device_get({k: metrics[k] for k in ("loss_sum", "loss_tokens", "overflow")})
-  if np.any(sums["overflow"] > 0):
-    raise train.ConfigError("train.loss_positions is smaller than the number of loss positions of "
-                            "some samples; raise it or set 0")
-  losses = sums["loss_sum"] / np.maximum(sums["loss_tokens"], 1)  # [S, K]
-  bad = np.argwhere(~np.isfinite(losses))
-  if bad.size:
-    seed_index, k = bad[0]
-    raise train.NonFiniteLossError(
-        f"training loss became {losses[seed_index, k]} at step {first_step + k + 1} (seed index "
-        f"{seed_index}); lower train.lr or set train.grad_clip (checkpoints already written are "
-        "intact)")

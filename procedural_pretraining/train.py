@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import signal
 import threading
@@ -216,12 +215,21 @@ def stack_dispatch(batches: list[dict], grad_accum: int) -> dict:
           for k, v in stacked.items()}
 
 
-def check_finite(metrics: dict, step: int) -> None:
-  loss = metrics["loss"]
-  if not math.isfinite(loss):
+def check_dispatch(sums: dict, first_step: int, loss_positions: int) -> None:
+  """Refuses a dispatch whose per-step sums (``[..., K]``, a leading seed axis allowed) dropped loss
+  positions or produced a non-finite loss; the message names the step (and seed index)."""
+  if np.any(sums["overflow"] > 0):
+    raise ConfigError(f"train.loss_positions={loss_positions} is smaller than the number of loss "
+                      "positions of some samples; raise it or set 0 (all positions)")
+  losses = np.asarray(sums["loss_sum"]) / np.maximum(np.asarray(sums["loss_tokens"]), 1.0)
+  bad = np.argwhere(~np.isfinite(losses))
+  if bad.size:
+    *seed, k = bad[0]
+    where = f" (seed index {seed[0]})" if seed else ""
     raise NonFiniteLossError(
-        f"training loss became {loss} at step {step}; lower train.lr, set train.grad_clip, or check "
-        "the data (run stopped; checkpoints already written are intact)")
+        f"training loss became {losses[tuple(bad[0])]} at step {first_step + k + 1}{where}; lower "
+        "train.lr, set train.grad_clip, or check the data (run stopped; checkpoints already written "
+        "are intact)")
 
 
 class Throughput:
@@ -291,13 +299,10 @@ def fit(config: ml_collections.ConfigDict, *, data, model_config: model.GPT2Conf
   def drain():
     first, metrics, count = pending
     metrics = jax.device_get(metrics)
-    if metrics["overflow"].sum() > 0:
-      raise ConfigError(f"train.loss_positions={tcfg.loss_positions} is smaller than the number "
-                        "of loss positions of some samples; raise it or set 0 (all positions)")
+    check_dispatch(metrics, first, tcfg.loss_positions)
     for j in range(count):
       done = first + j + 1
       means = evaluate.finalize({k: v[j] for k, v in metrics.items()})
-      check_finite(means, done)
       if done % tcfg.log_every == 0 or done == tcfg.steps:
         log.write(done, {f"train/{k}": v for k, v in means.items() if k != "overflow"}
                   | throughput.rates())
