@@ -14,13 +14,16 @@ component are ``--params=<name>.<param>=value``. Errors (unknown family, bad par
 one line on stderr and exit code 2.
 
 ``render_samples(family, batch)`` and ``stats_table(family, batch)`` are the library entry points for
-notebooks. This module imports NumPy only (no JAX), so it starts fast.
+notebooks; ``decode_samples`` gives the decoded tokens for other renderings (HTML), ``bracket_depths``
+the depth after every bracket and ``eca_cells`` the ECA space-time grid. This module imports NumPy only
+(no JAX), so it starts fast.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
 import shutil
 import sys
 import textwrap
@@ -30,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from procedural_pretraining.data import procedural
+from procedural_pretraining.data.procedural import dyck, eca
 from procedural_pretraining.data.procedural.base import SPLITS, Batch, Family, ProceduralSource, Shuffled
 from procedural_pretraining.data.procedural.mixture import Mixture
 
@@ -45,6 +49,15 @@ def _mixture_of(family: Family) -> Mixture | None:
   return base if isinstance(base, Mixture) else None
 
 
+def _sample_stats(family: Family, batch: Batch) -> dict[str, np.ndarray]:
+  stats = family.sample_stats(batch)
+  mixture = _mixture_of(family)
+  if mixture is not None and "component" not in stats:
+    # A shuffled mixture has only the generic stats; its rows still belong to one component each.
+    stats = {"component": mixture.components_in(batch), **stats}
+  return stats
+
+
 def _format_stat(name: str, value: float, mixture: Mixture | None) -> str | None:
   if np.isnan(value):
     return None  # another mixture component's statistic
@@ -57,19 +70,30 @@ def _format_stat(name: str, value: float, mixture: Mixture | None) -> str | None
   return f"{name}={int(value) if float(value).is_integer() else f'{value:.3g}'}"
 
 
-def render_samples(family: Family, batch: Batch, *, indices: Sequence[int] | None = None,
-                   width: int = 100, max_tokens: int = 0) -> str:
-  """Decoded samples of ``batch`` (from ``family``), loss targets in brackets, one block per sample.
+@dataclasses.dataclass(frozen=True)
+class DecodedSample:
+  """One sample as the previews show it (built by ``decode_samples``)."""
 
-  ``indices`` label the samples (default ``0 … B-1``); ``width`` wraps long samples; ``max_tokens``
-  (0 = all) truncates each displayed sample.
-  """
+  index: int
+  header: list[str]  # "#<index>", then the sample's statistics ("max_depth=3", …)
+  names: list[str]  # the shown tokens by name (without trailing padding and cut tokens)
+  is_target: list[bool]  # per shown token: it is the target of a loss position
+  cut: int  # tokens left off by ``max_tokens``
+  padding: int  # trailing padding tokens (none of them a target), collapsed
+  pad_name: str
+
+
+def decode_samples(family: Family, batch: Batch, *, indices: Sequence[int] | None = None,
+                   max_tokens: int = 0) -> list[DecodedSample]:
+  """The samples of ``batch`` (from ``family``) decoded for display: token names, which tokens are
+  loss targets, trailing padding counted rather than shown. ``render_samples`` prints these; a
+  notebook can render them as HTML. Arguments as for ``render_samples``."""
   all_names = family.token_names()
   tokens, mask = np.asarray(batch["tokens"]), np.asarray(batch["loss_mask"])
-  stats = family.sample_stats(batch)
+  stats = _sample_stats(family, batch)
   mixture = _mixture_of(family)
   indices = range(tokens.shape[0]) if indices is None else indices
-  blocks = []
+  samples = []
   for row, index in enumerate(indices):
     row_tokens, row_mask = tokens[row], mask[row]
     names = all_names
@@ -82,17 +106,50 @@ def render_samples(family: Family, batch: Batch, *, indices: Sequence[int] | Non
     while end > 0 and row_tokens[end - 1] == family.pad_id and not is_target[end - 1]:
       end -= 1
     shown = end if not max_tokens else min(end, max_tokens)
-    words = [f"[{names[t]}]" if hit else names[t] for t, hit in zip(row_tokens[:shown], is_target[:shown],
-                                                                    strict=True)]
-    if shown < end:
-      words.append(f"…(+{end - shown} tokens)")
-    if end < len(row_tokens):
-      words.append(f"{names[family.pad_id]}×{len(row_tokens) - end}")
     header = [f"#{index}"] + [s for k, v in stats.items() if (s := _format_stat(k, v[row], mixture))]
+    samples.append(DecodedSample(index=int(index), header=header,
+                                 names=[names[t] for t in row_tokens[:shown]],
+                                 is_target=is_target[:shown].tolist(), cut=end - shown,
+                                 padding=len(row_tokens) - end, pad_name=names[family.pad_id]))
+  return samples
+
+
+def render_samples(family: Family, batch: Batch, *, indices: Sequence[int] | None = None,
+                   width: int = 100, max_tokens: int = 0) -> str:
+  """Decoded samples of ``batch`` (from ``family``), loss targets in brackets, one block per sample.
+
+  ``indices`` label the samples (default ``0 … B-1``); ``width`` wraps long samples; ``max_tokens``
+  (0 = all) truncates each displayed sample.
+  """
+  blocks = []
+  for sample in decode_samples(family, batch, indices=indices, max_tokens=max_tokens):
+    words = [f"[{n}]" if hit else n for n, hit in zip(sample.names, sample.is_target, strict=True)]
+    if sample.cut:
+      words.append(f"…(+{sample.cut} tokens)")
+    if sample.padding:
+      words.append(f"{sample.pad_name}×{sample.padding}")
     body = textwrap.fill(" ".join(words), width=width, initial_indent="  ", subsequent_indent="  ",
                          break_long_words=False, break_on_hyphens=False)
-    blocks.append("  ".join(header) + "\n" + body)
+    blocks.append("  ".join(sample.header) + "\n" + body)
   return "\n".join(blocks)
+
+
+def bracket_depths(family: Family, batch: Batch) -> np.ndarray:
+  """int32 ``[B, T]``: nesting depth after every token of k-Dyck / k-Dyck-shuffle samples (or their
+  shuffled controls), for depth profiles; the same depth their ``sample_stats`` summarise."""
+  base = family.base if isinstance(family, Shuffled) else family
+  if not isinstance(base, dyck.Dyck | dyck.DyckShuffle):
+    raise ValueError(f"bracket_depths needs a dyck or dyck_shuffle family, got {family.name!r}")
+  return dyck._depths_from_tokens(np.asarray(batch["tokens"]), base.k)
+
+
+def eca_cells(family: Family, batch: Batch) -> np.ndarray:
+  """int32 ``[B, rows, width]``: the cells of ECA samples (or of their shuffled control), separators
+  dropped, for space-time diagrams."""
+  base = family.base if isinstance(family, Shuffled) else family
+  if not isinstance(base, eca.ECA):
+    raise ValueError(f"eca_cells needs an eca family, got {family.name!r}")
+  return np.asarray(batch["tokens"])[:, base._is_cell()].reshape(-1, base.rows, base.width)
 
 
 def collect_stats(source: ProceduralSource, n: int, start: int = 0) -> dict[str, np.ndarray]:
