@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import itertools
 import json
 import lzma
 import os
+import shutil
 import string
 import sysconfig
 import tarfile
@@ -20,6 +22,7 @@ import time
 
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 
 from procedural_pretraining.configlib import ConfigError
 from procedural_pretraining.data import corpora
@@ -203,6 +206,82 @@ def test_catalog_dataset_missing_is_a_quick_one_line_error(tmp_path, cache_dir):
     corpora.math_problems("train", corpus="math_dataset", data_dir=str(tmp_path), cache_dir=cache_dir)
 
 
+class C4StandIn(builders.LocalBuilder):
+  """Writes files laid out exactly like a prepared ``c4/en`` (renamed below): TFDS's own format."""
+
+  VERSION = "3.1.0"
+  BUILDER_CONFIGS = [tfds.core.BuilderConfig(name="en")]
+
+  def _info(self):
+    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(
+        {"text": tfds.features.Text(), "timestamp": tfds.features.Text(), "url": tfds.features.Text()}))
+
+  def _split_generators(self, dl_manager):
+    return {"train": self._generate_examples(20), "validation": self._generate_examples(3)}
+
+  def _generate_examples(self, n):
+    for i in range(n):
+      yield str(i), {"text": f"Document {i}: " + "word " * i, "timestamp": "2019", "url": f"u{i}"}
+
+
+class MathDatasetStandIn(builders.LocalBuilder):
+  """Files laid out like prepared ``math_dataset/<module>`` configs (question/answer, train/test)."""
+
+  VERSION = "1.0.0"
+  BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=m) for m in ("numbers__gcd", "arithmetic__mul")]
+
+  def _info(self):
+    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(
+        {"question": tfds.features.Text(), "answer": tfds.features.Text()}))
+
+  def _split_generators(self, dl_manager):
+    return {"train": self._generate_examples(12), "test": self._generate_examples(4)}
+
+  def _generate_examples(self, n):
+    for i in range(n):
+      yield str(i), {"question": f"{self.builder_config.name} {i}?", "answer": str(i * i)}
+
+
+def _prepare_stand_in(builder_cls, config: str, catalog_name: str, data_dir: str, scratch: str) -> None:
+  """Builds ``builder_cls`` and renames its files into ``data_dir`` as catalog dataset ``catalog_name``."""
+  builder = builder_cls(config=config, data_dir=scratch)
+  builder.download_and_prepare()
+  source = os.path.join(scratch, builder.name, config, builder_cls.VERSION)
+  target = os.path.join(data_dir, catalog_name, config, builder_cls.VERSION)
+  os.makedirs(target)
+  for name in os.listdir(source):
+    shutil.copy(os.path.join(source, name), os.path.join(target, name.replace(builder.name, catalog_name)))
+  info_path = os.path.join(target, "dataset_info.json")
+  info = json.load(open(info_path))
+  info["name"] = catalog_name
+  json.dump(info, open(info_path, "w"))
+
+
+def test_prepared_catalog_datasets_are_read_without_their_builders(tmp_path):
+  data_dir, cache = str(tmp_path / "data"), str(tmp_path / "cache")
+  _prepare_stand_in(C4StandIn, "en", "c4", data_dir, str(tmp_path / "scratch"))
+  tc = corpora.tokenized_corpus("c4/en", "validation", "bytes", data_dir=data_dir, cache_dir=cache)
+  texts = sorted(bytes(tc.document(d).astype(np.uint8)).decode() for d in range(tc.num_documents))
+  assert texts == sorted(f"Document {i}: " + "word " * i for i in range(3))
+
+  for module in ("numbers__gcd", "arithmetic__mul"):
+    _prepare_stand_in(MathDatasetStandIn, module, "math_dataset", data_dir, str(tmp_path / "scratch"))
+  problems = corpora.math_problems("interpolate", corpus="math_dataset", data_dir=data_dir, cache_dir=cache)
+  assert problems.module_names == ("arithmetic__mul", "numbers__gcd")  # catalog order of prepared ones
+  assert problems.difficulty_ids.tolist() == [-1] * 8
+  tok = make_tokenizer("dm_math")
+
+  def texts(tokens, offsets):
+    return [tok.decode(tokens[a:b]) for a, b in itertools.pairwise(offsets)]
+
+  got = sorted(zip([problems.module_names[i] for i in problems.module_ids],
+                   texts(problems.question_tokens, problems.question_offsets),
+                   texts(problems.answer_tokens, problems.answer_offsets), strict=True))
+  assert got == sorted((m, f"{m} {i}?", str(i * i)) for m in problems.module_names for i in range(4))
+  with pytest.raises(ConfigError, match="no extrapolation|train and test"):
+    corpora.math_problems("extrapolate", corpus="math_dataset", data_dir=data_dir, cache_dir=cache)
+
+
 def test_corpus_names_and_bad_names():
   names = corpora.corpus_names()
   for name in ("python_stdlib", "shakespeare", "dm_math_mini", "c4/en", "codeparrot",
@@ -343,3 +422,14 @@ def test_math_problems_module_subsets(data_dir, cache_dir):
     corpora.math_problems("interpolate", data_dir=data_dir, cache_dir=cache_dir, modules=("calculus__nope",))
   with pytest.raises(ConfigError, match="not one of"):
     corpora.math_problems("dev", data_dir=data_dir, cache_dir=cache_dir)
+
+
+@pytest.mark.slow
+def test_worker_processes_give_the_same_cache(data_dir, tmp_path):
+  kwargs = {"data_dir": data_dir, "max_documents": 120}
+  inprocess = corpora.tokenized_corpus("python_stdlib", "train", "gpt2", cache_dir=str(tmp_path / "a"),
+                                       **kwargs)
+  workers = corpora.tokenized_corpus("python_stdlib", "train", "gpt2", cache_dir=str(tmp_path / "b"),
+                                     workers=2, chunk=5, **kwargs)
+  np.testing.assert_array_equal(workers.tokens, inprocess.tokens)
+  np.testing.assert_array_equal(workers.doc_offsets, inprocess.doc_offsets)

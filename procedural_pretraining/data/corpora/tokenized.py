@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import itertools
 import json
 import logging
 import os
@@ -165,9 +164,15 @@ class TokenizeDocuments:
     self.fields = fields
     self.dtype = token_dtype(tokenizer.vocab_size)
 
-  def __call__(self, index: int) -> list[np.ndarray]:
+  def __call__(self, index: int) -> tuple[list[int], bytes]:
+    """(token count of each document, their tokens back to back as raw bytes of the storage dtype).
+
+    Bytes rather than arrays: grain moves arrays from worker processes through shared memory segments
+    that the worker's resource tracker then reports as leaked; a bytes payload is simply pickled.
+    """
     records = self.source.__getitems__(range(index * self.chunk, min((index + 1) * self.chunk, self.count)))
-    return [self.tokenizer.encode(sources.document_text(r, self.fields)).astype(self.dtype) for r in records]
+    docs = [self.tokenizer.encode(sources.document_text(r, self.fields)).astype(self.dtype) for r in records]
+    return [d.size for d in docs], b"".join(d.tobytes() for d in docs)
 
 
 def _iterate(dataset: grain.MapDataset, *, threads: int, workers: int):
@@ -189,21 +194,20 @@ def _iterate(dataset: grain.MapDataset, *, threads: int, workers: int):
       close()
 
 
-def _write_tokens(tmp: str, documents, dtype: np.dtype) -> tuple[int, int, int]:
-  """Streams documents into ``tokens.bin`` + ``doc_offsets.npy``; returns (tokens, documents, empties)."""
+def _write_tokens(tmp: str, chunks) -> tuple[int, int, int]:
+  """Streams ``(lengths, payload)`` chunks into ``tokens.bin`` + ``doc_offsets.npy``; returns (tokens,
+  documents, empty documents dropped)."""
   lengths = []
-  empties = 0
   with open(os.path.join(tmp, "tokens.bin"), "wb") as f:
-    for ids in itertools.chain.from_iterable(documents):
-      if ids.size == 0:
-        empties += 1
-        continue
-      f.write(np.ascontiguousarray(ids, dtype=dtype).tobytes())
-      lengths.append(ids.size)
-  offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-  np.cumsum(lengths, out=offsets[1:])
+    for chunk_lengths, payload in chunks:
+      f.write(payload)  # empty documents add no bytes; only their lengths are dropped below
+      lengths.extend(chunk_lengths)
+  lengths = np.asarray(lengths, dtype=np.int64)
+  kept = lengths[lengths > 0]
+  offsets = np.zeros(len(kept) + 1, dtype=np.int64)
+  np.cumsum(kept, out=offsets[1:])
   np.save(os.path.join(tmp, "doc_offsets.npy"), offsets)
-  return int(offsets[-1]), len(lengths), empties
+  return int(offsets[-1]), len(kept), len(lengths) - len(kept)
 
 
 def tokenized_corpus(corpus: str, split: str, tokenizer: str, *, data_dir: str, cache_dir: str,
@@ -233,7 +237,7 @@ def tokenized_corpus(corpus: str, split: str, tokenizer: str, *, data_dir: str, 
     tokenize = TokenizeDocuments(source, count, chunk, tok, resolved.spec.text_fields)
     dataset = grain.MapDataset.range(-(-count // chunk)).map(tokenize)
     num_tokens, num_documents, empties = _write_tokens(
-        tmp, _iterate(dataset, threads=threads, workers=workers), dtype)
+        tmp, _iterate(dataset, threads=threads, workers=workers))
     return {"corpus": corpus, "tfds_name": resolved.tfds_name, "version": resolved.version, "split": split,
             "tokenizer": tok.name, "max_documents": max_documents, "vocab_size": tok.vocab_size,
             "eos_id": tok.eos_id, "dtype": dtype.name, "num_tokens": num_tokens,
