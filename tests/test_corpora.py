@@ -150,29 +150,32 @@ def test_second_use_reuses_the_build_and_builds_are_deterministic(data_dir, tmp_
   assert _records("shakespeare", "train", str(tmp_path)) == first
 
 
-def _write_codeparrot(root, split: str, texts: list[str], gz: bool) -> None:
-  os.makedirs(root / split, exist_ok=True)
-  records = [{"content": t, "repo_name": f"r{i}", "path": f"p{i}.py", "license": "mit"}
-             for i, t in enumerate(texts)]
+def _write_json_lines(path, records: list[dict], gz: bool) -> None:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
   lines = "".join(json.dumps(r) + "\n" for r in records)
-  if gz:
-    with gzip.open(root / split / "file-000000000001.json.gz", "wt", encoding="utf-8") as f:
-      f.write(lines)
-  else:
-    (root / split / "part.jsonl").write_text(lines, encoding="utf-8")
+  with (gzip.open(path, "wt", encoding="utf-8") if gz else open(path, "w", encoding="utf-8")) as f:
+    f.write(lines)
 
 
-def test_codeparrot_builder_reads_downloaded_json_lines(tmp_path):
+@pytest.mark.parametrize("corpus, field", [("codeparrot", "content"), ("c4_hf", "text")])
+def test_json_lines_builders_keep_the_downloaded_files_order(tmp_path, corpus, field):
   texts = sorted(stdlib_expected().values())[:60]
+  records = [{field: t, "repo_name": f"r{i}", "path": f"p{i}.py", "url": f"u{i}", "license": "mit"}
+             for i, t in enumerate(texts)]
   manual = tmp_path / "downloads"
-  _write_codeparrot(manual, "train", texts[:50], gz=True)
-  _write_codeparrot(manual, "validation", texts[50:], gz=False)
+  # Two train shards (their names give the order), a plain-jsonl validation shard.
+  _write_json_lines(manual / "train" / "file-000000000002.json.gz", records[30:50], gz=True)
+  _write_json_lines(manual / "train" / "file-000000000001.json.gz", records[:30], gz=True)
+  _write_json_lines(manual / "validation" / "part.jsonl", records[50:], gz=False)
   data_dir = str(tmp_path / "data")
   with pytest.raises(FileNotFoundError, match="not built"):
-    corpora.document_source("codeparrot", "train", data_dir=data_dir)
-  train = _records("codeparrot", "train", data_dir, manual_dir=str(manual))
-  assert sorted(r["content"] for r in train) == texts[:50]
-  assert sorted(r["content"] for r in _records("codeparrot", "validation", data_dir)) == texts[50:]
+    corpora.document_source(corpus, "train", data_dir=data_dir)
+  train = _records(corpus, "train", data_dir, manual_dir=str(manual))
+  assert [r[field] for r in train] == texts[:50]  # file order, not TFDS's hash order
+  assert [r[field] for r in _records(corpus, "validation", data_dir)] == texts[50:]
+  tc = corpora.tokenized_corpus(corpus, "train", "bytes", data_dir=data_dir, cache_dir=str(tmp_path / "c"),
+                                max_documents=3)
+  assert bytes(np.asarray(tc.tokens, dtype=np.uint8)).decode() == "".join(texts[:3])
 
 
 def test_dm_math_builder_over_an_extracted_release(tmp_path):
@@ -284,7 +287,7 @@ def test_prepared_catalog_datasets_are_read_without_their_builders(tmp_path):
 
 def test_corpus_names_and_bad_names():
   names = corpora.corpus_names()
-  for name in ("python_stdlib", "shakespeare", "dm_math_mini", "c4/en", "codeparrot",
+  for name in ("python_stdlib", "shakespeare", "dm_math_mini", "c4/en", "c4_hf", "codeparrot",
                "math_dataset/<module>"):
     assert name in names and corpora.CORPORA[name]
   assert len(sources.MATH_DATASET_MODULES) == len(set(sources.MATH_DATASET_MODULES)) == 56

@@ -7,6 +7,7 @@ Embedded offline corpora (built from files on this machine on first use):
   ``dm_math_mini``   DM-Math problems made by DeepMind's generator (shipped in ``corpus_files/dm_math_mini``).
 Builders over downloaded files (``manual_dir``, see ``launch/prepare_data.sh``):
   ``codeparrot``     ``train/`` and ``validation/`` folders of CodeParrot's ``*.json.gz`` / jsonl files.
+  ``c4_hf``          the same for allenai/c4 ``en`` shards (C4 exactly as the reference streams it).
   ``dm_math``        the extracted ``mathematics_dataset-v1.0`` (or its tarball), with difficulty and
                      extrapolation splits that the TFDS catalog's ``math_dataset`` drops.
 
@@ -268,10 +269,10 @@ class DmMath(_DmMathBase):
 
 
 # ------------------------------------------------------------------------------------------------
-# CodeParrot
+# Hugging Face json-lines shards: CodeParrot, C4
 
 
-def codeparrot_files(directory: str) -> list[str]:
+def json_lines_files(directory: str) -> list[str]:
   """Sorted ``*.json``, ``*.jsonl`` (optionally ``.gz``) files directly in ``directory``."""
   suffixes = (".json", ".jsonl", ".json.gz", ".jsonl.gz")
   return sorted(os.path.join(directory, f) for f in os.listdir(directory) if f.endswith(suffixes))
@@ -285,33 +286,29 @@ def read_json_lines(path: str) -> Iterator[dict]:
         yield json.loads(line)
 
 
-class Codeparrot(LocalBuilder):
-  """codeparrot-clean-{train,valid} (Hugging Face) from their downloaded json-lines files."""
+class _JsonLinesBuilder(LocalBuilder, skip_registration=True):
+  """Documents from ``train/`` and ``validation/`` folders of json-lines files (Hugging Face dataset
+  shards) in the manual dir. Record order is file order (``disable_shuffling``): the files' order is
+  the stream order the reference reads ("the first N documents", validation "from the start")."""
 
   VERSION = tfds.core.Version("1.0.0")
   SPLIT_DIRS = {"train": "train", "validation": "validation"}
-  MANUAL_DOWNLOAD_INSTRUCTIONS = (
-      "The manual dir needs train/ (codeparrot/codeparrot-clean-train) and validation/ "
-      "(codeparrot/codeparrot-clean-valid) folders of *.json.gz files: launch/prepare_data.sh "
-      "--only=codeparrot downloads them.")
+  FIELDS: tuple[str, ...] = ()  # the first is the document text
+  DESCRIPTION = HOMEPAGE = ""
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
-        builder=self,
-        description="CodeParrot-clean Python files (field 'content'), one document per file.",
-        features=tfds.features.FeaturesDict({"content": tfds.features.Text(),
-                                             "repo_name": tfds.features.Text(),
-                                             "path": tfds.features.Text()}),
-        homepage="https://huggingface.co/datasets/codeparrot/codeparrot-clean")
+        builder=self, description=self.DESCRIPTION, homepage=self.HOMEPAGE, disable_shuffling=True,
+        features=tfds.features.FeaturesDict({f: tfds.features.Text() for f in self.FIELDS}))
 
   def _split_generators(self, dl_manager):
     manual = str(dl_manager.manual_dir)
     splits = {}
     for split, sub in self.SPLIT_DIRS.items():
       directory = os.path.join(manual, sub)
-      files = codeparrot_files(directory) if os.path.isdir(directory) else []
+      files = json_lines_files(directory) if os.path.isdir(directory) else []
       if not files:
-        raise FileNotFoundError(f"no CodeParrot *.json(.gz) files in {directory}; "
+        raise FileNotFoundError(f"no *.json(l)(.gz) files in {directory}; "
                                 f"{self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
       splits[split] = self._generate_examples(files)
     return splits
@@ -319,6 +316,28 @@ class Codeparrot(LocalBuilder):
   def _generate_examples(self, files: list[str]) -> Iterator[tuple[str, dict]]:
     for path in files:
       for i, record in enumerate(read_json_lines(path)):
-        yield f"{os.path.basename(path)}:{i}", {"content": record["content"],
-                                                "repo_name": record.get("repo_name", ""),
-                                                "path": record.get("path", "")}
+        yield f"{os.path.basename(path)}:{i}", {f: str(record.get(f) or "") for f in self.FIELDS}
+
+
+class Codeparrot(_JsonLinesBuilder):
+  """codeparrot-clean-{train,valid} (Hugging Face) from their downloaded ``*.json.gz`` shards."""
+
+  FIELDS = ("content", "repo_name", "path")
+  DESCRIPTION = "CodeParrot-clean Python files (field 'content'), one document per file, in file order."
+  HOMEPAGE = "https://huggingface.co/datasets/codeparrot/codeparrot-clean"
+  MANUAL_DOWNLOAD_INSTRUCTIONS = (
+      "the manual dir needs train/ (codeparrot/codeparrot-clean-train) and validation/ "
+      "(codeparrot/codeparrot-clean-valid) folders of *.json.gz files: launch/prepare_data.sh "
+      "--only=codeparrot downloads them")
+
+
+class C4Hf(_JsonLinesBuilder):
+  """C4 English from allenai/c4's ``en/c4-{train,validation}.*.json.gz`` shards, in stream order."""
+
+  FIELDS = ("text", "timestamp", "url")
+  DESCRIPTION = ("C4 en (allenai/c4 on Hugging Face) from downloaded json.gz shards, in file order, so the "
+                 "first N documents are the first N of the reference's stream.")
+  HOMEPAGE = "https://huggingface.co/datasets/allenai/c4"
+  MANUAL_DOWNLOAD_INSTRUCTIONS = (
+      "the manual dir needs train/ and validation/ folders of allenai/c4 en/c4-*.json.gz shards: "
+      "launch/prepare_data.sh --only=c4_hf downloads them")

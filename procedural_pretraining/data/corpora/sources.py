@@ -73,6 +73,8 @@ SPECS: dict[str, CorpusSpec] = {
                           _MATH_FIELDS, "manual", builders.DmMath, splits=builders.DM_MATH_SPLITS),
     "codeparrot": CorpusSpec("code: codeparrot-clean train/valid (prepared)", ("content",), "manual",
                              builders.Codeparrot),
+    "c4_hf": CorpusSpec("language: C4 English from allenai/c4 json shards, stream order (prepared)",
+                        ("text",), "manual", builders.C4Hf),
     "c4/en": CorpusSpec("language: C4 English (TFDS catalog, prepared)", ("text",), "catalog"),
     "math_dataset/<module>": CorpusSpec("maths: TFDS catalog DM-Math module (prepared); splits train, test",
                                         _MATH_FIELDS, "catalog", splits=("train", "test")),
