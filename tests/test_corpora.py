@@ -29,8 +29,8 @@ from procedural_pretraining.data import corpora
 from procedural_pretraining.data.corpora import builders, sources
 from procedural_pretraining.data.tokenizers import make_tokenizer
 
-FILES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                     "procedural_pretraining", "data", "corpus_files")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FILES = os.path.join(REPO, "procedural_pretraining", "data", "corpus_files")
 
 
 @pytest.fixture(scope="session")
@@ -436,3 +436,36 @@ def test_worker_processes_give_the_same_cache(data_dir, tmp_path):
                                      workers=2, chunk=5, **kwargs)
   np.testing.assert_array_equal(workers.tokens, inprocess.tokens)
   np.testing.assert_array_equal(workers.doc_offsets, inprocess.doc_offsets)
+
+
+# ------------------------------------------------------------------------------------------------
+# launch/prepare_data.sh
+
+
+def test_prepare_script_help_dry_run_and_errors(tmp_path):
+  import subprocess
+  import sys
+
+  script = os.path.join(REPO, "launch", "prepare_data.sh")
+  env = {**os.environ, "HOME": str(tmp_path)}
+
+  def run(*args):
+    return subprocess.run(["bash", script, *args], capture_output=True, text=True, env=env, timeout=60)
+
+  assert run("--help").returncode == 0 and "--dry-run" in run("--help").stdout
+  data = tmp_path / "data"
+  dry = run("--dry-run", f"--data_dir={data}", "--only=gpt2_vocab,dm_math,codeparrot,c4_hf")
+  assert dry.returncode == 0, dry.stderr
+  commands = [line for line in dry.stdout.splitlines() if line.startswith("+ ")]
+  assert any("mathematics_dataset-v1.0.tar.gz" in c for c in commands)
+  assert any("prepare build codeparrot" in c for c in commands)
+  assert any("en/c4-train.00000-of-01024.json.gz" in c for c in commands)
+  assert not data.exists() and not (tmp_path / ".cache").exists()  # a dry run changes nothing
+  assert run("--only=c5").returncode == 2 and "unknown step" in run("--only=c5").stderr
+  assert run("--nonsense").returncode == 2
+  # The GPT-2 check the script runs after fetching the files.
+  from procedural_pretraining.data.tokenizers import gpt2_vocab_dir
+
+  check = subprocess.run([sys.executable, "-m", "procedural_pretraining.data.corpora.prepare", "check_gpt2",
+                          gpt2_vocab_dir()], capture_output=True, text=True, timeout=120)
+  assert check.returncode == 0 and "ok" in check.stdout
