@@ -369,6 +369,8 @@ def test_damaged_or_half_written_caches_are_never_used(data_dir, tmp_path):
       "no meta": lambda: os.remove(os.path.join(leaf, "meta.json")),
       "bad offsets": lambda: np.save(os.path.join(leaf, "doc_offsets.npy"), np.array([0, 5], np.int64)),
       "garbage meta": lambda: open(os.path.join(leaf, "meta.json"), "w").write("{"),
+      "meta without fields": lambda: open(os.path.join(leaf, "meta.json"), "w").write('{"format": 1}'),
+      "garbage offsets": lambda: open(os.path.join(leaf, "doc_offsets.npy"), "wb").write(b"\x93NUMPY"),
   }
   for name, damage in damages.items():
     damage()

@@ -97,7 +97,7 @@ def _discard(directory: str, reason: str) -> None:
   shutil.rmtree(aside, ignore_errors=True)
 
 
-def _cached(directory: str, load: Callable[[str, dict], object], build: Callable[[str], None]):
+def _cached(directory: str, load: Callable[[str, dict], object], build: Callable[[str], dict]):
   """``load(directory, meta)`` of a valid cache, building it first (atomically, once) if needed.
 
   ``load`` raises ``ValueError`` when the files disagree with ``meta``; ``build(tmp)`` writes every
@@ -111,10 +111,11 @@ def _cached(directory: str, load: Callable[[str, dict], object], build: Callable
         if meta is None:
           raise ValueError(f"no valid {_META}")
         return load(directory, meta)
-      except (OSError, ValueError) as e:
-        _discard(directory, str(e))
+      except (OSError, ValueError, KeyError, EOFError) as e:
+        _discard(directory, f"{type(e).__name__}: {e}")
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.", suffix=".tmp",
                            dir=os.path.dirname(directory))
+    os.chmod(tmp, 0o755)  # mkdtemp's 0700 would hide a shared cache from other users
     try:
       meta = {"format": CACHE_FORMAT, **build(tmp)}
       with open(os.path.join(tmp, _META), "w", encoding="utf-8") as f:
