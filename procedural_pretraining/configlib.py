@@ -99,7 +99,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.n_positions = 0  # 0: the data's context
 
   c.data = ml_collections.ConfigDict()
-  c.data.source = "procedural"  # 'procedural' | 'task'
+  c.data.source = "procedural"  # 'procedural' | 'task' | 'semantic' | 'dm_math' | 'mixture'
   c.data.family = "dyck"  # procedural family (prefix 'shuffled_' for its control)
   c.data.params = ml_collections.ConfigDict()  # family parameters (reference defaults if empty)
   c.data.task = "condattendstream_30"  # downstream task id (source='task')
@@ -110,6 +110,23 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.eval_samples = 1024  # fixed validation samples (procedural)
   c.data.test_samples = 4000  # fixed test set size (tasks)
   c.data.eval_batch_size = 1024
+  # source='semantic': a tokenized corpus (data/corpora) cut into windows of data.context tokens
+  # (0: 2048 for c4/en, 1024 otherwise); eval_samples = validation windows (method-spec §6.2–6.3).
+  c.data.corpus = ""  # a data.corpora name ('' = c4/en; for source='dm_math': dm_math)
+  c.data.tokenizer = "gpt2"
+  c.data.data_dir = ""  # where prepared corpora live ('' = the corpora module's default)
+  c.data.cache_dir = ""  # where token caches are written ('' = the corpora module's default)
+  c.data.separator = "none"  # none (C4) | eos (after every document; CodeParrot) | eos_between
+  c.data.max_documents = 0  # first N training documents (0: all; the reference's C4 cache: 100000)
+  c.data.eval_documents = 1000  # validation documents tokenized (reference C4: the first 1,000)
+  c.data.eval_splits = ""  # comma-separated ('' = validation; dm_math: interpolate,extrapolate)
+  # source='dm_math': problems packed whole into data.context (0: 512) tokens (method-spec §6.4).
+  c.data.modules = ""  # comma-separated DM-Math module names ('' = all)
+  # source='mixture': named components, each a data config of the sources above plus an optional
+  # 'weight'; data.stages = [{'tokens': T, 'weights': {name: w}}, …] (last one open-ended with
+  # tokens=0) overrides the weights; stage lengths count rows × context tokens (pipeline.mixture_data).
+  c.data.components = ml_collections.ConfigDict()
+  c.data.stages = []
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 1000

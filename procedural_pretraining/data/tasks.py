@@ -532,7 +532,17 @@ test_set.__test__ = False  # not a pytest test despite its name
 def train_batch(task: Task | str, seed: int, step: int, batch_size: int, test_hashes: np.ndarray,
                 max_redraws: int = 64) -> Batch:
   """Training batch ``step``: samples ``step·B … step·B+B-1`` of ``train/<task id>``, none of which
-  equals a test row (``test_hashes = row_hashes(test_set(...)['tokens'])``).
+  equals a test row (``test_hashes = row_hashes(test_set(...)['tokens'])``); see ``train_samples``.
+  """
+  if step < 0 or batch_size < 1:
+    raise ValueError(f"need step >= 0 and batch_size >= 1, got step={step}, batch={batch_size}")
+  indices = np.arange(step * batch_size, (step + 1) * batch_size, dtype=np.int64)
+  return train_samples(task, seed, indices, test_hashes, max_redraws, where=f"of step {step} ")
+
+
+def train_samples(task: Task | str, seed: int, indices: np.ndarray, test_hashes: np.ndarray,
+                  max_redraws: int = 64, where: str = "") -> Batch:
+  """Training samples ``indices`` of ``train/<task id>``, none of which equals a test row.
 
   A colliding sample is replaced by a draw from ``fold_in(key, …)`` of its own key (repeatedly while
   it still collides), so every sample — hence the batch — is a pure function of (task, seed, index).
@@ -540,11 +550,8 @@ def train_batch(task: Task | str, seed: int, step: int, batch_size: int, test_ha
   (nearly) the whole sample space and the task cannot be trained without leakage.
   """
   task = as_task(task)
-  if step < 0 or batch_size < 1:
-    raise ValueError(f"need step >= 0 and batch_size >= 1, got step={step}, batch={batch_size}")
   test_hashes = np.asarray(test_hashes, dtype=np.uint64)
-  indices = np.arange(step * batch_size, (step + 1) * batch_size, dtype=np.int64)
-  keys = counter_rng.sample_keys(seed, f"train/{task.task_id}", indices)
+  keys = counter_rng.sample_keys(seed, f"train/{task.task_id}", np.asarray(indices, dtype=np.int64))
   batch = task.generate(keys)
   bad = np.flatnonzero(np.isin(row_hashes(batch["tokens"]), test_hashes))
   keys = keys[bad]
@@ -558,7 +565,7 @@ def train_batch(task: Task | str, seed: int, step: int, batch_size: int, test_ha
       batch[name][bad[~still]] = value[~still]
     bad, keys = bad[still], keys[still]
   if bad.size:
-    raise RuntimeError(f"{task.task_id}: {bad.size} training samples of step {step} still equal "
+    raise RuntimeError(f"{task.task_id}: {bad.size} training samples {where}still equal "
                        f"test samples after {max_redraws} re-draws; the test set covers (nearly) "
                        "the whole sample space — use a smaller test set or a larger task")
   return batch
