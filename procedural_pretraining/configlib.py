@@ -120,6 +120,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.max_documents = 0  # first N training documents (0: all; the reference's C4 cache: 100000)
   c.data.eval_documents = 1000  # validation documents tokenized (reference C4: the first 1,000)
   c.data.eval_splits = ""  # comma-separated ('' = validation; dm_math: interpolate,extrapolate)
+  # packed: eval windows cut like training (CodeParrot); documents: each document alone, chunked and
+  # EOS-padded outside the loss (the reference's C4 validation)
+  c.data.eval_layout = "packed"
   # source='dm_math': problems packed whole into data.context (0: 512) tokens (method-spec §6.4).
   c.data.modules = ""  # comma-separated DM-Math module names ('' = all)
   # source='mixture': named components, each a data config of the sources above plus an optional

@@ -172,6 +172,31 @@ def test_empty_documents_are_rejected():
     packing.ConcatSplit(corpus, 2)
 
 
+def test_document_chunks_hand_example():
+  corpus = Corpus("tiny", np.arange(1, 9, dtype=np.uint16), np.array([0, 2, 7, 8]), 10, 9)
+  chunks = packing.DocumentChunks(corpus, 3, pad_id=9)
+  assert chunks.num_records == 4  # [1 2] | [3 4 5] [6 7] | [8]
+  batch = chunks.get_batch([0, 1, 2, 3])
+  assert batch["tokens"].tolist() == [[1, 2, 9], [3, 4, 5], [6, 7, 9], [8, 9, 9]]
+  assert batch["loss_mask"].tolist() == [[1, 0, 0], [1, 1, 0], [1, 0, 0], [0, 0, 0]]
+
+
+def test_document_chunks_against_per_document_chunking():
+  corpus = make_corpus(documents=60, max_len=90)
+  chunks = packing.DocumentChunks(corpus, 32, pad_id=499)
+  expected_tokens, expected_mask = [], []
+  for d in range(60):
+    doc = corpus.tokens[corpus.doc_offsets[d]:corpus.doc_offsets[d + 1]].tolist()
+    for i in range(0, len(doc), 32):
+      part = doc[i:i + 32]
+      expected_tokens.append(part + [499] * (32 - len(part)))
+      expected_mask.append([1] * (len(part) - 1) + [0] * (33 - len(part)))
+  batch = chunks.get_batch(np.arange(chunks.num_records))
+  assert batch["tokens"].tolist() == expected_tokens and batch["loss_mask"].tolist() == expected_mask
+  with pytest.raises(ValueError, match="chunk indices"):
+    chunks.get_batch([chunks.num_records])
+
+
 # --------------------------------------------------------------------------------------------------
 # DM-Math
 

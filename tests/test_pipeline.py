@@ -401,11 +401,20 @@ def test_semantic_source_windows_are_the_corpus_stream(corpus_dirs):
   rows = np.concatenate([b["tokens"] for b in data.eval_sets["validation"]])
   np.testing.assert_array_equal(rows, _stream_with_eos(valid)[:6 * 64].reshape(6, 64))
   assert [len(b["tokens"]) for b in data.eval_sets["validation"]] == [4, 2]
+  # The reference's C4 layout: the validation documents alone, chunked, EOS-padded outside the loss.
+  by_document = pipeline.make_data(semantic_config(corpus_dirs, eval_layout="documents"), seed=0,
+                                   batch_size=8)
+  first = np.asarray(valid.tokens[:6 * 64]).reshape(6, 64)  # document 0 is longer than 6 windows
+  rows = np.concatenate([b["tokens"] for b in by_document.eval_sets["validation"]])
+  np.testing.assert_array_equal(rows, first)
+  assert valid.doc_offsets[1] > 6 * 64
 
 
 def test_semantic_config_errors(corpus_dirs):
   with pytest.raises(ConfigError, match="separator"):
     pipeline.make_data(semantic_config(corpus_dirs, separator="newline"), seed=0, batch_size=2)
+  with pytest.raises(ConfigError, match="eval_layout"):
+    pipeline.make_data(semantic_config(corpus_dirs, eval_layout="chunks"), seed=0, batch_size=2)
   with pytest.raises(ConfigError, match="fewer than one window"):
     pipeline.make_data(semantic_config(corpus_dirs, context=10**8), seed=0, batch_size=2)
 

@@ -259,6 +259,42 @@ class ConcatSplit:
     self.__post_init__()
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class DocumentChunks:
+  """The reference's C4 validation layout (method-spec §6.2): every document on its own rows, cut
+  into chunks of ``window`` tokens (overflow chunks kept, nothing packed), right-padded with
+  ``pad_id`` (EOS in the reference) outside the loss. Record ``i`` is chunk ``i`` in document order.
+  """
+
+  corpus: Any  # TokenizedCorpus
+  window: int
+  pad_id: int = 0
+
+  def __post_init__(self):
+    offsets = np.asarray(self.corpus.doc_offsets, dtype=np.int64)
+    chunks = -(-np.diff(offsets) // self.window)  # ceil(length / window) per document
+    object.__setattr__(self, "_chunk_starts", np.concatenate([[0], np.cumsum(chunks)]))
+
+  @property
+  def num_records(self) -> int:
+    return int(self._chunk_starts[-1])
+
+  def get_batch(self, indices) -> Batch:
+    indices = np.asarray(indices, dtype=np.int64)
+    if np.any(indices < 0) or np.any(indices >= self.num_records):
+      raise ValueError(f"chunk indices must lie in [0, {self.num_records})")
+    offsets = np.asarray(self.corpus.doc_offsets, dtype=np.int64)
+    doc = np.searchsorted(self._chunk_starts, indices, side="right") - 1
+    start = offsets[doc] + (indices - self._chunk_starts[doc]) * self.window
+    length = np.minimum(offsets[doc + 1] - start, self.window)
+    column = np.arange(self.window)
+    inside = column < length[:, None]
+    positions = np.where(inside, start[:, None] + column, 0)
+    tokens = np.asarray(self.corpus.tokens[positions.ravel()], dtype=np.int32).reshape(positions.shape)
+    return {"tokens": np.where(inside, tokens, np.int32(self.pad_id)),
+            "loss_mask": (column + 1 < length[:, None]).astype(np.int32)}
+
+
 # --------------------------------------------------------------------------------------------------
 # DeepMind-Mathematics problems.
 

@@ -221,6 +221,7 @@ DEFAULT_CORPORA = {"semantic": "c4/en", "dm_math": "dm_math"}  # when data.corpu
 DEFAULT_WINDOW = 1024
 MATH_WINDOW = 512
 SEPARATORS = ("none", "eos", "eos_between")
+EVAL_LAYOUTS = ("packed", "documents")
 
 
 def _csv(text: str) -> tuple[str, ...]:
@@ -273,14 +274,23 @@ def semantic_component(cfg, seed: int, name: str = "") -> Component:
   eval_sets = {}
   for split in _csv(cfg.get("eval_splits", "")) or ("validation",):
     corpus = _load_corpus(cfg, split, cfg.get("eval_documents", 0))
+    layout = cfg.get("eval_layout", "packed")
+    if layout not in EVAL_LAYOUTS:
+      raise ConfigError(f"config data.eval_layout={layout!r} is not one of {list(EVAL_LAYOUTS)}")
     try:
-      valid = packing.ConcatSplit(corpus, window, separator, placement, stream=split, shuffle=False)
+      if layout == "documents":  # the reference's C4 validation: per document, padded
+        pad = corpus.eos_id if corpus.eos_id is not None else 0
+        valid = packing.DocumentChunks(corpus, window, pad)
+        count = min(cfg.eval_samples, valid.num_records)
+      else:
+        valid = packing.ConcatSplit(corpus, window, separator, placement, stream=split, shuffle=False)
+        count = min(cfg.eval_samples, valid.num_windows)
     except ValueError as e:
       raise ConfigError(f"data: {e}") from None
-    count = min(cfg.eval_samples, valid.num_windows)
     eval_sets[split] = _eval_batches(cfg, valid.get_batch(np.arange(count)))
   describe = {"corpus": corpus_name, "tokenizer": cfg.tokenizer, "window": window,
-              "separator": cfg.get("separator", "none"), "documents": len(train_corpus.doc_offsets) - 1,
+              "separator": cfg.get("separator", "none"), "eval_layout": cfg.get("eval_layout", "packed"),
+              "documents": len(train_corpus.doc_offsets) - 1,
               "tokens": int(train_corpus.doc_offsets[-1]), "windows_per_epoch": train.num_windows,
               "eval_windows": {k: sum(len(b["tokens"]) for b in v) for k, v in eval_sets.items()}}
   return Component(
@@ -484,7 +494,9 @@ def build_mixture(components: list[Component], stages, *, batch_size: int, conte
   fields = ["tokens", "loss_mask"]
   probe = {f for c in built for f in c.source.get_batch(np.arange(1)).keys()}
   fields += sorted(probe - set(fields))
-  batches = MixtureBatches(tuple(built), tuple(ranges[c.vocab_key][0] for c in built), pad_id, context,
+  # The step function travels to grain workers: without the eval sets (built once, here).
+  lean = tuple(dataclasses.replace(c, eval_sets={}) for c in built)
+  batches = MixtureBatches(lean, tuple(ranges[c.vocab_key][0] for c in built), pad_id, context,
                            tuple(fields), allocation, batch_size)
   eval_sets = {}
   for c, component in enumerate(built):
