@@ -265,8 +265,11 @@ def mixture_config(**overrides):
 
 
 def test_make_data_mixture_from_config():
-  data = pipeline.make_data(mixture_config(), seed=0, batch_size=16)
+  cfg = mixture_config()
+  cfg.components.sort.eval_samples = 3  # its own key wins over the mixture's (8)
+  data = pipeline.make_data(cfg, seed=0, batch_size=16)
   assert data.name == "mixture" and sorted(data.eval_sets) == ["dyck/validation", "sort/validation"]
+  assert [len(data.eval_sets[n][0]["tokens"]) for n in ("dyck/validation", "sort/validation")] == [8, 3]
   assert data.component_tokens(4) == {"dyck": 4 * 16 * 16, "sort": 0}
   assert data.component_tokens(5)["sort"] == 16 * data.train_batch.components[1].length
   # The same components without stages: steady weights (dyck needs one then).

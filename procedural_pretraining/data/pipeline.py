@@ -330,7 +330,8 @@ def dm_math_component(cfg, seed: int, name: str = "dm_math") -> Component:
     except FileNotFoundError:
       missing.append(split)
       continue
-    valid = packing.MathPacking(split_problems, window, seed=seed, stream=split)
+    # Seed 0 whatever the run's seed: every run is scored on the same problems.
+    valid = packing.MathPacking(split_problems, window, seed=0, stream=split)
     count = min(cfg.eval_samples, valid.epoch(0).num_windows)
     eval_sets[split] = _eval_batches(cfg, valid.get_batch(np.arange(count)))
   return Component(
@@ -352,13 +353,19 @@ COMPONENT_BUILDERS = {"procedural": procedural_component, "task": task_component
 _KIND_ORDER = {"text": 0, "chars": 1, "procedural": 2}
 
 
-def _component_config(name: str, spec) -> tuple[ml_collections.ConfigDict, float | None]:
-  """A component's full data config (the base ``data`` defaults under its own keys) and weight."""
+# Keys a component takes from the mixture's own data config unless it sets them itself.
+INHERITED_KEYS = ("eval_samples", "eval_batch_size", "test_samples", "data_dir", "cache_dir")
+
+
+def _component_config(name: str, spec, parent) -> tuple[ml_collections.ConfigDict, float | None]:
+  """A component's full data config and weight: the base ``data`` defaults, then the mixture's
+  ``INHERITED_KEYS``, then the component's own keys."""
   from procedural_pretraining import configlib
 
   spec = spec.to_dict() if isinstance(spec, ml_collections.ConfigDict) else dict(spec)
   weight = spec.pop("weight", None)
   cfg = configlib.base_config().data
+  cfg.update({key: parent[key] for key in INHERITED_KEYS if key in parent})
   unknown = sorted(set(spec) - set(cfg.keys()))
   if unknown:
     raise ConfigError(f"config data.components.{name}: unknown key(s) {unknown}")
@@ -463,7 +470,7 @@ def mixture_data(cfg: ml_collections.ConfigDict, seed: int, batch_size: int) -> 
   for name in names:
     if not name or any(ch in name for ch in ":,=/ "):
       raise ConfigError(f"config data.components: name {name!r} must be non-empty without ':,=/ '")
-    sub, weights[name] = _component_config(name, specs[name])
+    sub, weights[name] = _component_config(name, specs[name], cfg)
     built.append(COMPONENT_BUILDERS[sub.source](sub, seed, name))
   try:
     stages = _stages(cfg, names, weights)
