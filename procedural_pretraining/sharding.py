@@ -97,11 +97,68 @@ def batch_sharding(mesh, ndim: int, batch_axis: int) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec(*spec))
 
 
-def shard_batch(batch: dict, mesh, batch_axis: int) -> dict:
-  """Host batch (this process's rows) → global arrays sharded along ``batch_axis``."""
+def replicated(mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec())
+
+
+def host_rows(mesh, rows: int) -> np.ndarray:
+  """Indices of the rows (of a ``rows``-row array sharded over ``data × fsdp``) this process feeds.
+
+  Read off the sharding itself rather than assumed to be ``[p·rows/P, (p+1)·rows/P)``: which rows a
+  process holds depends on where its devices sit in the mesh (and two processes hold the same rows
+  when the batch is replicated across them, e.g. a ``tensor`` axis that spans hosts).
+  """
+  index_map = NamedSharding(mesh, PartitionSpec(BATCH_AXES)).addressable_devices_indices_map((rows,))
+  return np.unique(np.concatenate([np.arange(rows)[index[0]] for index in index_map.values()]))
+
+
+def host_step_rows(mesh, batch_size: int, grad_accum: int) -> np.ndarray:
+  """Rows of a step's ``batch_size``-row batch that this process feeds, micro-batch by micro-batch.
+
+  A step of ``A`` micro-batches uses rows ``[a·b, (a+1)·b)`` (``b = batch_size / A``) as micro-batch
+  ``a`` on every host count; each process takes its ``host_rows`` of every micro-batch, so the global
+  micro-batches — and the losses and dropout keys — do not depend on how many hosts there are.
+  """
+  micro = batch_size // grad_accum
+  local = host_rows(mesh, micro)
+  return (np.arange(grad_accum)[:, None] * micro + local[None, :]).reshape(-1)
+
+
+def shard_batch(batch: dict, mesh, batch_axis: int, global_rows: int | None = None) -> dict:
+  """This process's rows of a batch (``host_rows`` order) → global arrays sharded along ``batch_axis``.
+
+  ``global_rows`` is the batch axis's global size (default: this process holds every row).
+  """
   def put(x):
-    sharding = batch_sharding(mesh, np.ndim(x), batch_axis)
-    return jax.make_array_from_process_local_data(sharding, np.asarray(x))
+    x = np.asarray(x)
+    shape = list(x.shape)
+    shape[batch_axis] = global_rows or shape[batch_axis]
+    return jax.make_array_from_process_local_data(batch_sharding(mesh, x.ndim, batch_axis), x,
+                                                  tuple(shape))
+  return {k: put(v) for k, v in batch.items()}
+
+
+def put_global(x, sharding: jax.sharding.Sharding) -> jax.Array:
+  """A value every process holds in full (NumPy or a local ``jax.Array``) → a global array.
+
+  Arrays already spread over several processes are resharded with ``device_put``; on one process
+  ``device_put`` is the whole story (and is a no-op when the sharding already matches).
+  """
+  if jax.process_count() == 1 or (isinstance(x, jax.Array) and not x.is_fully_addressable):
+    return jax.device_put(x, sharding)
+  host = np.asarray(x)
+  return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
+def put_eval_batch(batch: dict, mesh) -> dict:
+  """A fixed eval batch that every process holds → sharded along rows when they divide evenly over
+  ``data × fsdp``, else replicated (a last, smaller batch of an eval set)."""
+  shards = mesh.shape["data"] * mesh.shape["fsdp"]
+
+  def put(x):
+    x = np.asarray(x)
+    spec = batch_sharding(mesh, x.ndim, 0) if x.shape[0] % shards == 0 else replicated(mesh)
+    return put_global(x, spec)
   return {k: put(v) for k, v in batch.items()}
 
 
@@ -110,3 +167,14 @@ def check_batch_divisible(batch_size: int, mesh) -> None:
   if batch_size % shards:
     raise ConfigError(f"micro-batch of {batch_size} rows cannot be split over {shards} data×fsdp "
                       "shards; change train.batch_size/grad_accum or the mesh")
+
+
+def process_flags(mesh, value: int) -> jax.Array:
+  """An int32 ``[devices]`` array holding each process's ``value`` on that process's devices.
+
+  Fed into a jitted step, its max tells *every* process, at the same step, whether *any* process
+  raised a flag (e.g. got SIGTERM) — agreement without a separate host synchronisation.
+  """
+  sharding = NamedSharding(mesh, PartitionSpec(MESH_AXES))
+  local = np.full(len(mesh.local_devices), value, np.int32)
+  return jax.make_array_from_process_local_data(sharding, local, (mesh.size,))

@@ -9,18 +9,22 @@ replays exactly the randomness the uninterrupted one would have used.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
+import re
 import signal
+import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from etils import epath
 
 from procedural_pretraining import checkpoint, configlib, evaluate, metric_log, model, sharding
 from procedural_pretraining.configlib import ConfigError, check_choice, require
@@ -265,40 +269,99 @@ class FitResult:
   throughput: dict
 
 
+DROPOUT_TAG = 0x0D0F  # fold-in tag of the dropout stream's run key
+
+
+def state_shardings(train_cfg: ml_collections.ConfigDict, model_config: model.GPT2Config, mesh,
+                    params, trainable=None) -> dict:
+  """Shardings of the train state ``{'params', 'opt_state', 'step'}`` on ``mesh`` (``params`` may be
+  shapes only, e.g. ``jax.eval_shape`` output)."""
+  tx = make_optimizer(train_cfg, params, trainable)
+  shape = jax.eval_shape(lambda p: init_state(p, tx), params)
+  return sharding.state_shardings(shape, sharding.param_shardings(model_config, mesh, params), mesh)
+
+
+def state_template(train_cfg: ml_collections.ConfigDict, model_config: model.GPT2Config, mesh) -> dict:
+  """Shape/dtype skeleton of a fresh train state, each leaf carrying its sharding on ``mesh``: the
+  restore target that puts a checkpoint straight onto this run's devices, shard by shard."""
+  params = jax.eval_shape(functools.partial(model.init_params, model_config), jax.random.key(0))
+  tx = make_optimizer(train_cfg, params)
+  shape = jax.eval_shape(lambda p: init_state(p, tx), params)
+  shardings = state_shardings(train_cfg, model_config, mesh, params)
+  return jax.tree_util.tree_map(
+      lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s), shape, shardings)
+
+
 def fit(config: ml_collections.ConfigDict, *, data, model_config: model.GPT2Config, params,
         log, trainable=None, state=None, on_dispatch: Callable | None = None,
-        consume_params: bool = False) -> FitResult:
+        consume_params: bool = False, mesh=None, stop: StopRequest | None = None) -> FitResult:
   """Trains ``params`` on ``data`` for ``config.train.steps`` steps (from ``state['step']`` if given).
 
   ``on_dispatch(state, step)`` runs after every dispatch (checkpointing, signals); it sees the state
   *before* the host has fetched that dispatch's metrics, so it never forces a device sync.
   The train step donates its state buffers; the caller's ``params`` are copied first unless
   ``consume_params`` hands them over (saving a copy of a large model's weights).
+
+  ``mesh`` defaults to ``config.mesh`` over all devices. With several processes each one feeds only
+  its rows of every micro-batch (``sharding.host_step_rows``); losses do not depend on the process
+  or device count. ``stop``: each dispatch carries every process's ``stop.signal`` into the step and
+  ``stop.agreed`` becomes their max one dispatch later — the same value at the same step on every
+  process, so all of them save and stop together.
   """
 
   tcfg = config.train
   validate_train_config(tcfg)
+  mesh = sharding.make_mesh(config.get("mesh")) if mesh is None else mesh
+  micro_rows = tcfg.batch_size // tcfg.grad_accum
+  sharding.check_batch_divisible(micro_rows, mesh)
   tx = make_optimizer(tcfg, params, trainable)
   functions = make_step_functions(model_config, tx, make_schedule(tcfg),
                                   loss_positions=tcfg.loss_positions,
                                   attention_entropy_weight=tcfg.attention_entropy_weight)
-  train_fn = jax.jit(functions.train, donate_argnums=0)
-  eval_fn = jax.jit(functions.evaluate)
+  state_sh = state_shardings(tcfg, model_config, mesh, params, trainable)
+  replicated = sharding.replicated(mesh)
+  seed = config.seed
+
+  # Several processes agree on a stop through the step (the max of every device's flag). One process
+  # needs no agreement, and no extra all-reduce: an XLA:CPU executable with that one deadlocks when
+  # it is loaded from the persistent compilation cache.
+  agree = jax.process_count() > 1
+
+  def train_dispatch(state, batches_KxAxBxT, stop_flags):
+    run_key = jax.random.fold_in(jax.random.key(seed), DROPOUT_TAG)  # the dropout stream
+    state, metrics = functions.train(state, batches_KxAxBxT, run_key)
+    return state, metrics, jnp.max(stop_flags) if agree else stop_flags
+
+  def flags():
+    signum = stop.signal if stop is not None else 0
+    return sharding.process_flags(mesh, signum) if agree else np.int32(signum)
+
+  train_fn = jax.jit(
+      train_dispatch, donate_argnums=0,
+      in_shardings=(state_sh, sharding.batch_sharding(mesh, 4, batch_axis=2),
+                    sharding.process_flags(mesh, 0).sharding if agree else replicated),
+      out_shardings=(state_sh, replicated, replicated))
+  eval_fn = jax.jit(functions.evaluate, out_shardings=replicated)
   if state is None:
-    state = init_state(params if consume_params else jax.tree_util.tree_map(jnp.copy, params), tx)
+    params = jax.tree_util.tree_map(sharding.put_global, params, state_sh["params"])
+    # Without donation jit returns fresh buffers: the caller's params survive the donating step.
+    init = jax.jit(lambda p: init_state(p, tx), out_shardings=state_sh,
+                   donate_argnums=0 if consume_params else ())
+    state = init(params)
+  else:
+    state = jax.tree_util.tree_map(sharding.put_global, state, state_sh)
   step = int(state["step"])
-  mesh = sharding.make_mesh(config.get("mesh"))
-  sharding.check_batch_divisible(tcfg.batch_size // tcfg.grad_accum, mesh)
-  state = jax.device_put(state, sharding.state_shardings(
-      state, sharding.param_shardings(model_config, mesh, state["params"]), mesh))
-  run_key = jax.random.fold_in(jax.random.key(config.seed), 0x0D0F)  # the dropout stream
-  stream = pipeline.train_stream(data, step, tcfg.steps)
+  eval_sets = {name: [sharding.put_eval_batch(b, mesh) for b in batches]
+               for name, batches in data.eval_sets.items()}
+  dispatches = dispatch_stream(data, tcfg, mesh, step)
   throughput = Throughput()
   pending = None
 
   def drain():
-    first, metrics, count = pending
-    metrics = jax.device_get(metrics)
+    first, metrics, count, stop_flag = pending
+    metrics, stop_flag = jax.device_get((metrics, stop_flag))
+    if stop is not None:
+      stop.agreed = stop.agreed or int(stop_flag)
     check_dispatch(metrics, first, tcfg.loss_positions)
     for j in range(count):
       done = first + j + 1
@@ -309,34 +372,73 @@ def fit(config: ml_collections.ConfigDict, *, data, model_config: model.GPT2Conf
     log.advance(count, {"loss": float(means["loss"])} | throughput.rates())
 
   while step < tcfg.steps:
-    count = min(tcfg.steps_per_dispatch, tcfg.steps - step)
-    batches = [next(stream) for _ in range(count)]
-    dispatch = sharding.shard_batch(stack_dispatch(batches, tcfg.grad_accum), mesh, batch_axis=2)
-    state, metrics = train_fn(state, dispatch, run_key)
+    count, dispatch = next(dispatches)
+    state, metrics, stop_flag = train_fn(state, dispatch, flags())
     if pending is not None:
       drain()
-    throughput.update(count, count * batches[0]["tokens"].size)
-    pending = (step, metrics, count)
+    throughput.update(count, dispatch["tokens"].size)
+    pending = (step, metrics, count, stop_flag)
     step += count
     if on_dispatch is not None:
       on_dispatch(state, step)
     if step % tcfg.eval_every < count or step == tcfg.steps:
       drain()
       pending = None
-      log.write(step, evaluate_sets(eval_fn, state["params"], data.eval_sets))
+      log.write(step, evaluate_sets(eval_fn, state["params"], eval_sets))
   if pending is not None:
     drain()
-  final_eval = evaluate_sets(eval_fn, state["params"], data.eval_sets)
+  final_eval = evaluate_sets(eval_fn, state["params"], eval_sets)
   return FitResult(state=state, final_eval=final_eval, throughput=throughput.rates())
+
+
+def dispatch_stream(data, train_cfg: ml_collections.ConfigDict, mesh,
+                    start_step: int) -> Iterator[tuple[int, dict]]:
+  """``(K, dispatch)`` for the steps ``start_step …`` of a run: ``K`` steps' batches as global arrays
+  ``[K, A, B/A, T]`` sharded over ``data × fsdp``, the layout the jitted train step takes.
+
+  Each process generates and feeds only its own rows of every micro-batch
+  (``sharding.host_step_rows``), read ahead by grain's threads; batches are a pure function of the
+  step, so a resumed run (any process count) continues with exactly the batches it would have seen.
+  """
+  rows = sharding.host_step_rows(mesh, train_cfg.batch_size, train_cfg.grad_accum)
+  global_rows = None  # one process feeds whole batches (whatever their size)
+  if rows.size != train_cfg.batch_size:  # several processes: this one reads only its rows
+    data = dataclasses.replace(data, train_batch=_rows_of(data.train_batch, rows))
+    global_rows = train_cfg.batch_size // train_cfg.grad_accum
+  stream = pipeline.train_stream(data, start_step, train_cfg.steps)
+  step = start_step
+  while step < train_cfg.steps:
+    count = min(train_cfg.steps_per_dispatch, train_cfg.steps - step)
+    batches = [next(stream) for _ in range(count)]
+    yield count, sharding.shard_batch(stack_dispatch(batches, train_cfg.grad_accum), mesh,
+                                      batch_axis=2, global_rows=global_rows)
+    step += count
+
+
+def _rows_of(train_batch: Callable, rows: np.ndarray) -> Callable:
+  """``step → batch`` restricted to ``rows`` (this process's share of every step)."""
+  return lambda step: {k: v[rows] for k, v in train_batch(step).items()}
 
 
 INIT_TAG = 0x1417  # fold-in tag of the parameter-init key (the dropout stream uses another)
 
 
-def init_params(model_config: model.GPT2Config, seed: int):
-  """The run's fresh parameters: one compiled init (op-by-op init costs seconds of tiny compiles)."""
-  key = jax.random.fold_in(jax.random.key(seed), INIT_TAG)
-  return jax.jit(model.init_params, static_argnums=0)(model_config, key)
+def _init_from_seed(model_config: model.GPT2Config, seed):
+  return model.init_params(model_config, jax.random.fold_in(jax.random.key(seed), INIT_TAG))
+
+
+def init_params(model_config: model.GPT2Config, seed: int, mesh=None):
+  """The run's fresh parameters: one compiled init (op-by-op init costs seconds of tiny compiles).
+
+  With a ``mesh`` the init is compiled with the parameters' shardings as its outputs, so every
+  device generates only its own shards (random bits are partitionable: the values do not depend on
+  the mesh) and no device ever holds a whole sharded weight.
+  """
+  kwargs = {}
+  if mesh is not None:
+    shapes = jax.eval_shape(functools.partial(_init_from_seed, model_config), seed)
+    kwargs["out_shardings"] = sharding.param_shardings(model_config, mesh, shapes)
+  return jax.jit(_init_from_seed, static_argnums=0, **kwargs)(model_config, seed)
 
 
 @jax.jit
@@ -358,13 +460,19 @@ class Interrupted(Exception):
 
 
 class StopRequest:
-  """Within ``with``: SIGTERM/SIGINT only record the signal (the loop saves and stops at the next
-  dispatch boundary) instead of killing the process mid-write. Previous handlers come back after."""
+  """Within ``with``: SIGTERM/SIGINT only record the signal (the loop saves and stops at a dispatch
+  boundary) instead of killing the process mid-write. Previous handlers come back after.
+
+  ``signal`` is what *this* process received; ``agreed`` (set by ``fit``) is the signal any process
+  received, known to all processes at the same step — the one to act on, so that a checkpoint,
+  which every process writes collectively, is started by all of them.
+  """
 
   SIGNALS = ("SIGTERM", "SIGINT")
 
   def __init__(self):
     self.signal = 0
+    self.agreed = 0
     self._previous = {}
 
   def __enter__(self):
@@ -382,7 +490,8 @@ class StopRequest:
   def __exit__(self, *exc):
 
     for signum, handler in self._previous.items():
-      signal.signal(signum, handler)
+      # None: the previous handler was installed outside Python and cannot be put back from here.
+      signal.signal(signum, signal.SIG_DFL if handler is None else handler)
     return False
 
 
@@ -398,59 +507,124 @@ def model_config_for(config: ml_collections.ConfigDict, data) -> model.GPT2Confi
     raise ConfigError(f"config model: {e}") from None
 
 
+ARTIFACTS = ("config.json", "metrics.jsonl", "results.json", "tensorboard")
+
+
+def local_dir(workdir: str) -> str:
+  """Where a run writes its logs and results: ``workdir`` itself, or for a URL (``gs://bucket/run``,
+  checkpoints go there directly through Orbax) a local directory that ``mirror`` copies up."""
+  if "://" not in workdir:
+    return workdir
+  return os.path.join(tempfile.gettempdir(), "procedural_pretraining", re.sub(r"[^\w.-]+", "_", workdir))
+
+
+def mirror(source: str, target: str) -> None:
+  """Copies a run's ``ARTIFACTS`` from directory ``source`` to ``target`` (either may be a URL)."""
+  source_path, target_path = epath.Path(source), epath.Path(target)
+  for name in ARTIFACTS:
+    path = source_path / name
+    if not path.exists():
+      continue
+    for file in [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]:
+      out = target_path / file.relative_to(source_path)
+      out.parent.mkdir(parents=True, exist_ok=True)
+      out.write_bytes(file.read_bytes())
+
+
+def forget_metrics_after(workdir: str, step: int) -> None:
+  """Drops ``metrics.jsonl`` rows past ``step`` (and a line cut short by a crash): a run killed after
+  its last checkpoint logged steps that the resumed run logs again."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = f.read().splitlines()
+
+  def keep(line):
+    try:
+      return json.loads(line)["step"] <= step
+    except (ValueError, KeyError, TypeError):
+      return False
+
+  kept = [line for line in lines if keep(line)]
+  if len(kept) < len(lines):
+    with open(path + ".tmp", "w") as f:
+      f.writelines(line + "\n" for line in kept)
+    os.replace(path + ".tmp", path)
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """One training run end to end: data → model → (resume) → fit → checkpoint → ``results.json``.
 
   Re-running the same command in the same ``workdir`` resumes from the newest checkpoint, at the
-  same data position and with the same dropout keys, so it ends where an uninterrupted run would.
+  same data position and with the same dropout keys, so it ends where an uninterrupted run would —
+  also on another number of processes or devices, or another mesh: the data position is the step,
+  each process recomputes its rows of every batch from the current mesh, and the checkpoint is
+  restored straight onto the current shardings.
+
+  Every process runs this; process 0 alone writes ``config.json``, metrics and ``results.json``,
+  and checkpoints are written by all processes together.
   """
-
-
   validate_train_config(config.train)
+  primary = jax.process_index() == 0
   data = pipeline.make_data(config.data, seed=config.seed, batch_size=config.train.batch_size)
   model_config = model_config_for(config, data)
-  configlib.write_resolved(config, workdir)
-  params = init_params(model_config, config.seed)
+  logs = local_dir(workdir)  # == workdir unless that is a URL
+  remote = logs != workdir
+  if primary:
+    if remote and epath.Path(workdir, "metrics.jsonl").exists():
+      mirror(workdir, logs)  # a resumed run on a fresh machine continues the metrics written so far
+    configlib.write_resolved(config, logs)
+  mesh = sharding.make_mesh(config.get("mesh"))
   checkpointer = checkpoint.Checkpointer(workdir, keep=config.checkpoint.keep,
                                          keep_every=config.checkpoint.keep_every or None)
   state = None
-  template = jax.eval_shape(lambda p: init_state(p, make_optimizer(config.train, p)), params)
-  restored = checkpointer.restore_latest(template, expect={
-      "model": model_config.size, "vocab_size": model_config.vocab_size,
-      "n_positions": model_config.n_positions})
+  restored = checkpointer.restore_latest(
+      state_template(config.train, model_config, mesh),
+      expect={"model": model_config.size, "vocab_size": model_config.vocab_size,
+              "n_positions": model_config.n_positions})
+  layout = {"host_count": jax.process_count(), "device_count": jax.device_count(),
+            "mesh": {k: int(v) for k, v in mesh.shape.items()}}
   if restored is not None:
     state, data_state, _ = restored
-    if data_state.get("host_count", 1) != jax.process_count():
-      raise ConfigError(f"checkpoint in {checkpointer.directory} was written by "
-                        f"{data_state['host_count']} hosts, this run has {jax.process_count()}; "
-                        "resume with the same host count")
-    print(f"resuming from step {int(state['step'])} of {checkpointer.directory}")
+    params = state["params"]
+    if primary:
+      forget_metrics_after(logs, int(state["step"]))
+      saved = {k: data_state[k] for k in layout if k in data_state}
+      note = "" if saved == {k: layout[k] for k in saved} else (
+          f" (written with {saved}, now {layout}: the data position is the step, so re-sharding "
+          "is exact)")
+      print(f"resuming from step {int(state['step'])} of {checkpointer.directory}{note}")
+  else:
+    params = init_params(model_config, config.seed, mesh)
   meta = {"config": configlib.to_json_dict(config), "model": model_config.size,
           "vocab_size": model_config.vocab_size, "n_positions": model_config.n_positions}
 
   def save(state, step):
-    checkpointer.save(state, data_state={"next_step": step, "host_count": jax.process_count()},
+    checkpointer.save(state, data_state={"next_step": step} | layout,
                       meta=meta | {"step": step, "tokens_seen": step * config.train.batch_size
                                    * data.length})
+    if remote and primary:
+      mirror(logs, workdir)
 
   stop = StopRequest()
 
   def on_dispatch(state, step):
     every = config.checkpoint.every
     due = every and step % every < config.train.steps_per_dispatch and step < config.train.steps
-    if (due or stop.signal) and all_finite(state["params"]):
+    if (due or stop.agreed) and all_finite(state["params"]):
       # fit checks a dispatch's loss one dispatch late: never checkpoint a state it has not checked.
       save(state, step)
-    if stop.signal:
+    if stop.agreed:
       checkpointer.wait()
-      raise Interrupted(stop.signal, step, checkpointer.directory)
+      raise Interrupted(stop.agreed, step, checkpointer.directory)
 
-  log = metric_log.MetricLog(workdir, config.train.steps,
+  log = metric_log.MetricLog(logs, config.train.steps,
                              initial_step=0 if state is None else int(state["step"]))
   try:
     with stop:
       result = fit(config, data=data, model_config=model_config, params=params, log=log,
-                   state=state, on_dispatch=on_dispatch, consume_params=True)
+                   state=state, on_dispatch=on_dispatch, consume_params=True, mesh=mesh, stop=stop)
     if checkpointer.latest_step() != config.train.steps:
       save(result.state, config.train.steps)
   finally:
@@ -458,9 +632,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     checkpointer.close()
   results = {"final": result.final_eval, "throughput": result.throughput,
              "num_params": model.num_params(model_config), "data": data.describe,
-             "steps": config.train.steps}
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(results, f, indent=2, default=str)
-  summary = ", ".join(f"{k}={v:.4g}" for k, v in result.final_eval.items())
-  print(f"done: {config.train.steps} steps; {summary}; results in {workdir}")
+             "steps": config.train.steps, "layout": layout}
+  if primary:
+    with open(os.path.join(logs, "results.json"), "w") as f:
+      json.dump(results, f, indent=2, default=str)
+    if remote:
+      mirror(logs, workdir)
+    summary = ", ".join(f"{k}={v:.4g}" for k, v in result.final_eval.items())
+    print(f"done: {config.train.steps} steps; {summary}; results in {workdir}")
   return results

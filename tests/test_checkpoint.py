@@ -142,6 +142,7 @@ def test_corrupt_newest_checkpoint_falls_back_to_previous(tmp_path, model_config
   _save(tmp_path, newer)
   newest_dir = os.path.join(checkpoint.checkpoint_dir(str(tmp_path)), "6")
   assert _garble(os.path.join(newest_dir, "params")) > 0
+  files_before = _files(newest_dir)
   ckpt = checkpoint.Checkpointer(str(tmp_path))
   try:
     with caplog.at_level(logging.WARNING):
@@ -155,9 +156,38 @@ def test_corrupt_newest_checkpoint_falls_back_to_previous(tmp_path, model_config
   assert _leaves_equal(state["params"], older["params"])
   warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
   assert any("unreadable" in w and "/6" in w for w in warnings), warnings
-  for step in ("3", "6"):
-    assert os.path.isdir(os.path.join(checkpoint.checkpoint_dir(str(tmp_path)), step)), (
-        f"checkpoint {step} was deleted")
+  # The unreadable checkpoint is moved aside whole (nothing deleted), the readable one stays.
+  assert sorted(os.listdir(checkpoint.checkpoint_dir(str(tmp_path)))) == ["3"]
+  moved = os.path.join(str(tmp_path), checkpoint.UNREADABLE_DIR, "6")
+  assert _files(moved) == files_before
+  assert any(moved in w for w in warnings), warnings
+
+
+def _files(directory: str) -> dict[str, int]:
+  """``{relative path: size}`` of every file under ``directory``."""
+  return {os.path.relpath(os.path.join(root, name), directory): os.path.getsize(os.path.join(root, name))
+          for root, _, names in os.walk(directory) for name in names}
+
+
+def test_resumed_run_can_save_again_at_the_unreadable_step(tmp_path, model_config, train_cfg):
+  """After falling back from an unreadable step-6 checkpoint to step 3, the resumed run reaches
+  step 6 again and must be able to save there (Orbax refuses a step that exists), and ``keep``
+  must prune by the readable checkpoints."""
+  _save(tmp_path, _state(model_config, train_cfg, seed=5, step=3))
+  _save(tmp_path, _state(model_config, train_cfg, seed=6, step=6))
+  _garble(os.path.join(checkpoint.checkpoint_dir(str(tmp_path)), "6", "params"))
+  ckpt = checkpoint.Checkpointer(str(tmp_path), keep=2)
+  try:
+    state, _, _ = ckpt.restore_latest(_state(model_config, train_cfg, seed=0, step=0))
+    assert int(state["step"]) == 3
+    again = _state(model_config, train_cfg, seed=7, step=6)
+    ckpt.save(again, data_state={"next_step": 6}, meta={})
+    ckpt.wait()
+    assert sorted(ckpt.manager.all_steps()) == [3, 6]
+    restored, _, _ = ckpt.restore_latest(_state(model_config, train_cfg, seed=0, step=0))
+  finally:
+    ckpt.close()
+  assert int(restored["step"]) == 6 and _leaves_equal(restored["params"], again["params"])
 
 
 def test_restore_params_missing_directory_names_path(tmp_path):
