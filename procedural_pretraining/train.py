@@ -281,13 +281,15 @@ def state_shardings(train_cfg: ml_collections.ConfigDict, model_config: model.GP
   return sharding.state_shardings(shape, sharding.param_shardings(model_config, mesh, params), mesh)
 
 
-def state_template(train_cfg: ml_collections.ConfigDict, model_config: model.GPT2Config, mesh) -> dict:
+def state_template(train_cfg: ml_collections.ConfigDict, model_config: model.GPT2Config, mesh,
+                   trainable=None) -> dict:
   """Shape/dtype skeleton of a fresh train state, each leaf carrying its sharding on ``mesh``: the
-  restore target that puts a checkpoint straight onto this run's devices, shard by shard."""
+  restore target that puts a checkpoint straight onto this run's devices, shard by shard.
+  ``trainable`` (the mask given to ``fit``) changes the optimizer state's structure."""
   params = jax.eval_shape(functools.partial(model.init_params, model_config), jax.random.key(0))
-  tx = make_optimizer(train_cfg, params)
+  tx = make_optimizer(train_cfg, params, trainable)
   shape = jax.eval_shape(lambda p: init_state(p, tx), params)
-  shardings = state_shardings(train_cfg, model_config, mesh, params)
+  shardings = state_shardings(train_cfg, model_config, mesh, params, trainable)
   return jax.tree_util.tree_map(
       lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s), shape, shardings)
 
@@ -520,12 +522,16 @@ def local_dir(workdir: str) -> str:
 
 def mirror(source: str, target: str) -> None:
   """Copies a run's ``ARTIFACTS`` from directory ``source`` to ``target`` (either may be a URL)."""
+  def files(path):  # epath has no recursive glob on object stores
+    if path.is_dir():
+      for child in path.iterdir():
+        yield from files(child)
+    elif path.exists():
+      yield path
+
   source_path, target_path = epath.Path(source), epath.Path(target)
   for name in ARTIFACTS:
-    path = source_path / name
-    if not path.exists():
-      continue
-    for file in [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]:
+    for file in files(source_path / name):
       out = target_path / file.relative_to(source_path)
       out.parent.mkdir(parents=True, exist_ok=True)
       out.write_bytes(file.read_bytes())
