@@ -156,6 +156,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh.fsdp = 1
   c.mesh.tensor = 1
 
+  # Startup precedence: (1) resume the run in workdir; (2) params-only init from another run's
+  # checkpoint, merged by path predicates (transfer.merge); (3) fresh init.
+  c.init = ml_collections.ConfigDict()
+  c.init.workdir = ""  # another run's workdir ('' = fresh init)
+  c.init.step = 0  # its checkpoint step (0: the newest)
+  c.init.components = "everything"  # what travels: everything, attn+mlp+ln, attn, mlp, embed, …
+  c.init.embedding = "average"  # word embeddings when embed/everything travel (method-spec §5.4)
+  c.init.train = "everything"  # components left trainable; the rest are frozen (§5.8)
+
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every = 1000  # steps between checkpoints (0: only the final one)
   c.checkpoint.keep = 2  # newest checkpoints kept

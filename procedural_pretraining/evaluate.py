@@ -41,26 +41,47 @@ def token_metrics(logits_BxPxV: jax.Array, batch: dict, positions_BxP: jax.Array
   """Sums of masked cross-entropy, accuracy and whole-answer exact match.
 
   ``batch`` holds ``tokens`` and ``loss_mask`` (and optionally ``answer_mask``) ``[B, T]``; logits are
-  either at every position or at ``positions_BxP``.
+  either at every position or at ``positions_BxP``. Packed rows that hold several problems (DM-Math)
+  carry ``problem_id`` (1-based problem number within the row at its answer positions, else 0): then
+  ``problems_right``/``problems`` count whole problems answered right (every answer character).
   """
   targets = shifted_targets(batch["tokens"])
   loss_mask = prediction_mask(batch["loss_mask"]).astype(jnp.float32)
   answer_mask = prediction_mask(batch.get("answer_mask", batch["loss_mask"])).astype(jnp.float32)
+  problem_id = batch.get("problem_id")
   if positions_BxP is not None:
     gather = lambda x: jnp.take_along_axis(x, positions_BxP, axis=1)
     targets, loss_mask, answer_mask = gather(targets), gather(loss_mask), gather(answer_mask)
+    problem_id = None if problem_id is None else gather(problem_id)
   log_probs = jax.nn.log_softmax(logits_BxPxV.astype(jnp.float32), axis=-1)
   nll = -jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
   correct = (jnp.argmax(logits_BxPxV, axis=-1) == targets).astype(jnp.float32)
   has_answer = answer_mask.sum(axis=1) > 0
   all_right = jnp.all((correct > 0) | (answer_mask == 0), axis=1) & has_answer
-  return {
+  sums = {
       "loss_sum": (nll * loss_mask).sum(),
       "loss_tokens": loss_mask.sum(),
       "correct": (correct * loss_mask).sum(),
       "exact": all_right.sum().astype(jnp.float32),
       "sequences": has_answer.sum().astype(jnp.float32),
   }
+  if problem_id is not None:
+    sums.update(problem_sums(correct > 0, problem_id))
+  return sums
+
+
+def problem_sums(correct_BxP: jax.Array, problem_id_BxP: jax.Array) -> dict:
+  """Whole problems right / problems, for rows whose problem ids increase along the row.
+
+  A problem is wrong if any of its positions is wrong; the wrong ids of a row are non-decreasing, so
+  each wrong problem is counted once where its id first exceeds every earlier wrong id.
+  """
+  wrong_id = jnp.where((problem_id_BxP > 0) & ~correct_BxP, problem_id_BxP, 0)
+  earlier = jnp.concatenate([jnp.zeros_like(wrong_id[:, :1]),
+                             jax.lax.cummax(wrong_id, axis=1)[:, :-1]], axis=1)
+  wrong = (wrong_id > earlier).sum()
+  total = problem_id_BxP.max(axis=1).sum()
+  return {"problems_right": (total - wrong).astype(jnp.float32), "problems": total.astype(jnp.float32)}
 
 
 def attention_entropy(attentions: list[jax.Array]) -> jax.Array:
@@ -80,6 +101,8 @@ def finalize(sums: dict) -> dict:
       "accuracy": sums["correct"] / tokens,
       "exact_match": sums["exact"] / np.maximum(sums["sequences"], 1.0),
   }
+  if "problems" in sums:
+    out["problem_accuracy"] = sums["problems_right"] / np.maximum(sums["problems"], 1.0)
   out.update({k: v for k, v in sums.items() if k not in out and k not in (
-      "loss_sum", "correct", "exact", "sequences")})
+      "loss_sum", "correct", "exact", "sequences", "problems_right", "problems")})
   return out

@@ -25,8 +25,9 @@ import ml_collections
 import numpy as np
 import optax
 from etils import epath
+from jax.experimental import multihost_utils
 
-from procedural_pretraining import checkpoint, configlib, evaluate, metric_log, model, sharding
+from procedural_pretraining import checkpoint, configlib, evaluate, metric_log, model, sharding, transfer
 from procedural_pretraining.configlib import ConfigError, check_choice, require
 from procedural_pretraining.data import pipeline
 
@@ -369,8 +370,10 @@ def fit(config: ml_collections.ConfigDict, *, data, model_config: model.GPT2Conf
       done = first + j + 1
       means = evaluate.finalize({k: v[j] for k, v in metrics.items()})
       if done % tcfg.log_every == 0 or done == tcfg.steps:
+        seen = {} if data.component_tokens is None else {
+            f"data/tokens/{name}": tokens for name, tokens in data.component_tokens(done).items()}
         log.write(done, {f"train/{k}": v for k, v in means.items() if k != "overflow"}
-                  | throughput.rates())
+                  | throughput.rates() | seen)
     log.advance(count, {"loss": float(means["loss"])} | throughput.rates())
 
   while step < tcfg.steps:
@@ -559,6 +562,42 @@ def forget_metrics_after(workdir: str, step: int) -> None:
     os.replace(path + ".tmp", path)
 
 
+def init_from_run(init_cfg: ml_collections.ConfigDict, fresh, report_dir: str | None):
+  """Startup precedence (2): params of another run, merged into ``fresh`` by ``transfer.merge``.
+
+  Only the ``params`` item of the source checkpoint is read (never its optimizer or data state).
+  Every target parameter is accounted for in ``<workdir>/transfer.json`` (copied / averaged /
+  fresh / frozen); a shape mismatch or a missing source tensor is an error that names it.
+  """
+  source, meta = checkpoint.restore_params(init_cfg.workdir, init_cfg.step or None)
+  fresh = multihost_utils.process_allgather(fresh, tiled=True)  # whole arrays on every host
+  try:
+    merged, report = transfer.merge(fresh, [(init_cfg.components, source, "init")],
+                                    embedding=init_cfg.embedding, train=init_cfg.train)
+  except transfer.TransferError as e:
+    raise ConfigError(f"init from {init_cfg.workdir}: {e}") from None
+  counts = report.counts()
+  print(f"initialised from {init_cfg.workdir} (step {meta.get('step')}): {init_cfg.components} → "
+        f"{counts}")
+  if report_dir is not None:
+    with open(os.path.join(report_dir, "transfer.json"), "w") as f:
+      json.dump({"source": init_cfg.workdir, "source_step": meta.get("step"),
+                 "components": init_cfg.components, "embedding": init_cfg.embedding,
+                 "train": init_cfg.train, "counts": counts, "status": report.status,
+                 "trainable": report.trainable}, f, indent=2)
+  return merged  # host arrays; fit places them on the run's parameter shardings
+
+
+def frozen_mask(init_cfg: ml_collections.ConfigDict, params):
+  """The freezing mask of ``init.train`` (None when everything trains), from parameter paths only,
+  so a resumed run rebuilds the same optimizer without reading the source run again."""
+  components = transfer.parse_components(init_cfg.train)
+  if "everything" in components:
+    return None
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: transfer.matches(components, transfer.path_str(path)), params)
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """One training run end to end: data → model → (resume) → fit → checkpoint → ``results.json``.
 
@@ -603,6 +642,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       print(f"resuming from step {int(state['step'])} of {checkpointer.directory}{note}")
   else:
     params = init_params(model_config, config.seed, mesh)
+    if config.init.workdir:
+      params = init_from_run(config.init, params, logs if primary else None)
+  trainable = frozen_mask(config.init, state_template(config.train, model_config, mesh)["params"])
   meta = {"config": configlib.to_json_dict(config), "model": model_config.size,
           "vocab_size": model_config.vocab_size, "n_positions": model_config.n_positions}
 
@@ -630,7 +672,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   try:
     with stop:
       result = fit(config, data=data, model_config=model_config, params=params, log=log,
-                   state=state, on_dispatch=on_dispatch, consume_params=True, mesh=mesh, stop=stop)
+                   trainable=trainable, state=state, on_dispatch=on_dispatch, consume_params=True,
+                   mesh=mesh, stop=stop)
     if checkpointer.latest_step() != config.train.steps:
       save(result.state, config.train.steps)
   finally:

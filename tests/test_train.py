@@ -15,6 +15,7 @@ computations. With 1e-3 such noise moves a parameter by ~1e-8 and the comparison
 from __future__ import annotations
 
 import functools
+import json
 import math
 import os
 import re
@@ -628,3 +629,97 @@ def test_fit_leaves_the_callers_params_intact(tmp_path):
   trained = jax.tree_util.tree_leaves(result.state["params"])
   assert any(not np.array_equal(np.asarray(a), b)
              for a, b in zip(trained, jax.tree_util.tree_leaves(before), strict=True))
+
+
+# ------------------------------------------------------------------------------------------------
+# Startup precedence (2): params-only init from another run (the stage-2 / transfer path).
+
+
+def _tiny_run_config(size: str = "2_4_16", steps: int = 4) -> ml_collections.ConfigDict:
+  config = configlib.base_config()
+  config.model.size = size
+  config.model.dropout = 0.0
+  config.data.family = "dyck"
+  config.data.params = ml_collections.ConfigDict({"k": 4, "seq_length": 16})
+  config.data.eval_samples = 16
+  config.train.update(dict(steps=steps, batch_size=8, steps_per_dispatch=2, eval_every=steps,
+                           log_every=2, lr=1e-2))
+  config.checkpoint.every = 0
+  return config
+
+
+@pytest.fixture(scope="module")
+def source_run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("source_run"))
+  train.run(_tiny_run_config(), workdir)
+  params, _ = checkpoint.restore_params(workdir)
+  return workdir, jax.tree_util.tree_map(np.asarray, params)
+
+
+def _flat(params) -> dict[str, np.ndarray]:
+  leaves = jax.tree_util.tree_leaves_with_path(params)
+  return {"/".join(model.path_names(p)): np.asarray(v) for p, v in leaves}
+
+
+def test_init_from_run_copies_the_components_freezes_the_rest_and_reports(source_run, tmp_path):
+  source_dir, source = source_run
+  config = _tiny_run_config(steps=4)
+  config.seed = 7  # another seed: fresh leaves must differ from the source's
+  config.init.update(dict(workdir=source_dir, components="attn+mlp+ln", train="attn"))
+  train.run(config, str(tmp_path))
+  after = _flat(checkpoint.restore_params(str(tmp_path))[0])
+  src = _flat(source)
+  data = pipeline.make_data(config.data, seed=7, batch_size=8)
+  fresh = _flat(train.init_params(train.model_config_for(config, data), 7))
+  with open(tmp_path / "transfer.json") as f:
+    report = json.load(f)
+  assert set(report["status"]) == set(after)  # every parameter accounted for
+  for path, value in after.items():
+    is_attn = "/attn/" in path
+    is_mlp_or_ln = "/mlp/" in path or "ln_" in path.split("/")[-2] or path.startswith("ln_f")
+    if is_mlp_or_ln:  # copied and frozen: bit-identical to the source after training
+      np.testing.assert_array_equal(value, src[path], err_msg=path)
+      assert report["status"][path] == "copied:init" and not report["trainable"][path]
+    elif is_attn:  # copied, trainable: moved away from the source
+      assert report["status"][path] == "copied:init" and report["trainable"][path]
+    else:  # embeddings: fresh from this run's seed, frozen (only attn trains)
+      np.testing.assert_array_equal(value, fresh[path], err_msg=path)
+      assert report["status"][path] == "fresh"
+  assert any(not np.array_equal(after[p], src[p]) for p in after if "/attn/" in p)
+
+
+def test_init_from_run_of_another_width_names_the_parameter(source_run, tmp_path):
+  source_dir, _ = source_run
+  config = _tiny_run_config(size="2_4_32")
+  config.init.update(dict(workdir=source_dir, components="attn"))
+  with pytest.raises(configlib.ConfigError, match=r"init from .*h/0/attn/c_attn/(kernel|bias).*shape"):
+    train.run(config, str(tmp_path))
+  assert not (tmp_path / "checkpoints").exists() or not os.listdir(tmp_path / "checkpoints")
+
+
+def test_resume_wins_over_init_from_run(source_run, tmp_path):
+  """Precedence: a checkpoint in the workdir is resumed; the init source is not read again."""
+  source_dir, _ = source_run
+  config = _tiny_run_config(steps=4)
+  config.init.update(dict(workdir=source_dir, components="everything"))
+  first = train.run(config, str(tmp_path))
+  config.init.workdir = str(tmp_path / "does-not-exist")  # would fail if it were read
+  again = train.run(config, str(tmp_path))
+  assert again["final"] == first["final"]
+
+
+def test_mixture_runs_log_tokens_per_component(tmp_path):
+  config = _tiny_run_config(steps=4)
+  config.data.source = "mixture"
+  config.data.components = ml_collections.ConfigDict({
+      "dyck": {"source": "procedural", "family": "dyck", "params": {"k": 4, "seq_length": 16}},
+      "sort": {"source": "procedural", "family": "sort",
+               "params": {"data_vocab_size": 8, "seq_length": 4}}})
+  config.data.stages = [{"tokens": 0, "weights": {"dyck": 0.75, "sort": 0.25}}]
+  train.run(config, str(tmp_path))
+  rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  logged = {r["step"]: r for r in rows if "data/tokens/dyck" in r}
+  assert sorted(logged) == [2, 4]
+  data = pipeline.make_data(config.data, seed=0, batch_size=8)
+  for step, row in logged.items():
+    assert {k: row[f"data/tokens/{k}"] for k in ("dyck", "sort")} == data.component_tokens(step)
