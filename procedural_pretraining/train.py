@@ -623,9 +623,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   mesh = sharding.make_mesh(config.get("mesh"))
   checkpointer = checkpoint.Checkpointer(workdir, keep=config.checkpoint.keep,
                                          keep_every=config.checkpoint.keep_every or None)
+  # The freezing mask depends only on parameter paths: the same on a fresh start and on resume,
+  # where it shapes the optimizer state to restore.
+  trainable = frozen_mask(config.init, jax.eval_shape(
+      functools.partial(model.init_params, model_config), jax.random.key(0)))
   state = None
   restored = checkpointer.restore_latest(
-      state_template(config.train, model_config, mesh),
+      state_template(config.train, model_config, mesh, trainable),
       expect={"model": model_config.size, "vocab_size": model_config.vocab_size,
               "n_positions": model_config.n_positions})
   layout = {"host_count": jax.process_count(), "device_count": jax.device_count(),
@@ -644,7 +648,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     params = init_params(model_config, config.seed, mesh)
     if config.init.workdir:
       params = init_from_run(config.init, params, logs if primary else None)
-  trainable = frozen_mask(config.init, state_template(config.train, model_config, mesh)["params"])
   meta = {"config": configlib.to_json_dict(config), "model": model_config.size,
           "vocab_size": model_config.vocab_size, "n_positions": model_config.n_positions}
 

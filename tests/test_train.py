@@ -698,10 +698,11 @@ def test_init_from_run_of_another_width_names_the_parameter(source_run, tmp_path
 
 
 def test_resume_wins_over_init_from_run(source_run, tmp_path):
-  """Precedence: a checkpoint in the workdir is resumed; the init source is not read again."""
+  """Precedence: a checkpoint in the workdir is resumed (frozen components shape the optimizer state
+  it restores); the init source is not read again."""
   source_dir, _ = source_run
   config = _tiny_run_config(steps=4)
-  config.init.update(dict(workdir=source_dir, components="everything"))
+  config.init.update(dict(workdir=source_dir, components="everything", train="mlp+ln"))
   first = train.run(config, str(tmp_path))
   config.init.workdir = str(tmp_path / "does-not-exist")  # would fail if it were read
   again = train.run(config, str(tmp_path))
