@@ -102,9 +102,9 @@ def main(argv: list[str]) -> None:
     _fail(2, "both --config=<file>[:args] and --workdir=<dir> are required")
   initialize_distributed()
   # Imported after flag parsing: JAX starts only for a valid command.
-  from procedural_pretraining import diagnostic, train
+  from procedural_pretraining import diagnostic, semantic_stage, train
 
-  runners = {"train": train.run, "diagnostic": diagnostic.run}
+  runners = {"train": train.run, "diagnostic": diagnostic.run, "semantic": semantic_stage.run}
   kind = _CONFIG.value.get("kind", "train")
   if kind not in runners:
     _fail(2, f"config kind {kind!r} is not one of {sorted(runners)}")

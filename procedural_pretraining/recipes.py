@@ -124,3 +124,126 @@ def diagnostic(*, pretrain: str = "dyck", task: str = "haystack", arms: str = "b
   config.sources = ml_collections.ConfigDict()  # name -> workdir, for composition arms
   config.arm_processes = -1  # worker processes for the arms (-1: one per core on CPU; 0: inline)
   return config
+
+
+# Stage-2 settings per domain (method-spec §6.2–6.4) and small offline domains that run here.
+# corpus/tokenizer/context/batch/steps/lr/schedule floor/warm-up/weight decay/decay mask/dropout.
+SEMANTIC_DOMAINS = {
+    "c4": dict(source="semantic", corpus="c4/en", tokenizer="gpt2", context=2048, batch=32, steps=10000,
+               lr=5e-4, floor=0.1, warmup=0, weight_decay=0.0, decay_mask="all", dropout=0.1,
+               size="12_12_768", max_documents=100_000, separator="none", eval_layout="documents",
+               metric="validation/loss"),
+    # The reference tokenises CodeParrot with its own 32,768-token BPE: point the tokenizer at it
+    # with --config.stage2.data.tokenizer=hf:<dir>/tokenizer.json (launch/prepare_data.sh fetches it).
+    "codeparrot": dict(source="semantic", corpus="codeparrot", tokenizer="gpt2", context=1024, batch=8,
+                       steps=50000, lr=5e-5, floor=0.0, warmup=0, weight_decay=0.01,
+                       decay_mask="no_bias_ln", dropout=0.1, size="12_12_768", max_documents=0,
+                       separator="eos", eval_layout="packed", metric="validation/loss"),
+    "dm_math": dict(source="dm_math", corpus="dm_math", tokenizer="dm_math", context=512, batch=8,
+                    steps=50000, lr=5e-5, floor=0.0, warmup=0, weight_decay=0.01, decay_mask="no_bias_ln",
+                    dropout=0.1, size="12_12_768", max_documents=0, separator="none",
+                    eval_layout="packed", metric="interpolate/loss"),
+    # Offline corpora shipped with / found on this machine: a CPU-sized model, byte tokens.
+    "shakespeare": dict(source="semantic", corpus="shakespeare", tokenizer="bytes", context=256,
+                        batch=16, steps=2000, lr=3e-3, floor=0.1, warmup=100, weight_decay=0.0,
+                        decay_mask="all", dropout=0.0, size="2_4_64", max_documents=0,
+                        separator="eos", eval_layout="packed", metric="validation/loss"),
+    "python_stdlib": dict(source="semantic", corpus="python_stdlib", tokenizer="bytes", context=256,
+                          batch=16, steps=2000, lr=3e-3, floor=0.1, warmup=100, weight_decay=0.0,
+                          decay_mask="all", dropout=0.0, size="2_4_64", max_documents=0,
+                          separator="eos", eval_layout="packed", metric="validation/loss"),
+    "dm_math_mini": dict(source="dm_math", corpus="dm_math_mini", tokenizer="dm_math", context=256,
+                         batch=16, steps=2000, lr=3e-3, floor=0.1, warmup=100, weight_decay=0.0,
+                         decay_mask="all", dropout=0.0, size="2_4_64", max_documents=0,
+                         separator="none", eval_layout="packed", metric="interpolate/loss"),
+}
+
+
+def semantic_stage2(domain: str, *, size: str = "", seed: int = 0,
+                    runlocal: bool = False) -> ml_collections.ConfigDict:
+  """The stage-2 (semantic pretraining) run of ``domain`` (a key of ``SEMANTIC_DOMAINS``)."""
+  if domain not in SEMANTIC_DOMAINS:
+    raise configlib.ConfigError(f"unknown semantic domain {domain!r}; use one of {sorted(SEMANTIC_DOMAINS)}")
+  d = SEMANTIC_DOMAINS[domain]
+  config = configlib.base_config()
+  config.seed = seed
+  config.model.size = size or d["size"]
+  config.model.dropout = d["dropout"]
+  config.model.tie_word_embeddings = True
+  config.data.source = d["source"]
+  config.data.corpus = d["corpus"]
+  config.data.tokenizer = d["tokenizer"]
+  config.data.context = d["context"]
+  config.data.max_documents = d["max_documents"]
+  config.data.separator = d["separator"]
+  config.data.eval_layout = d["eval_layout"]
+  config.data.eval_samples = 256
+  config.data.eval_batch_size = 64
+  config.train.steps = d["steps"]
+  config.train.batch_size = d["batch"]
+  config.train.lr = d["lr"]
+  config.train.schedule = "cosine"
+  config.train.min_lr_ratio = d["floor"]
+  config.train.warmup_steps = d["warmup"]
+  config.train.weight_decay = d["weight_decay"]
+  config.train.decay_mask = d["decay_mask"]
+  config.train.grad_clip = 1.0
+  config.train.eval_every = max(1, d["steps"] // 20)
+  config.train.log_every = max(1, d["steps"] // 100)
+  config.train.steps_per_dispatch = 10 if d["size"] == "2_4_64" else 1
+  config.checkpoint.every = max(1, d["steps"] // 5)
+  if runlocal:
+    config.model.size = size or "2_4_16"
+    config.data.context = min(config.data.context, 64)
+    config.data.max_documents = 200
+    config.data.eval_documents = 20
+    config.data.eval_samples = 32
+    config.train.batch_size = min(config.train.batch_size, 8)
+    config.train.steps = min(config.train.steps, 40)
+    config.train.warmup_steps = min(config.train.warmup_steps, 4)
+    config.train.eval_every = 10
+    config.train.log_every = 5
+    config.train.steps_per_dispatch = 5
+    config.checkpoint.every = 0
+  return config
+
+
+def semantic(*, domain: str = "shakespeare", pretrain: str = "dyck", arms: str = "baseline+attn_mlp_ln",
+             protocol: str = "additive", fractions: str = "0.5,0.67,0.86", t2_tokens: int = 0,
+             stage1_steps: int = 0, size: str = "", seed: int = 0,
+             runlocal: bool = False) -> ml_collections.ConfigDict:
+  """The semantic-stage experiment (``semantic_stage.run``): stage 1 of the same size, arms, protocol.
+
+  Stage 1 for the paper's domains is the reference's Dyck recipe for 12_12_768 (k=64, n=2048,
+  32 sequences per step, lr 5e-4 constant, weight decay 0.1, 501 steps — method-spec §3.2); for the
+  offline domains it is the small-model recipe (``stage1``) at the stage-2 width.
+  """
+  stage2 = semantic_stage2(domain, size=size, seed=seed, runlocal=runlocal)
+  config = ml_collections.ConfigDict()
+  config.kind = "semantic"
+  paper_scale = SEMANTIC_DOMAINS[domain]["size"] != "2_4_64"
+  if paper_scale and not runlocal:
+    config.stage1 = stage1(pretrain, size=stage2.model.size, steps=stage1_steps or 501, batch=32,
+                           lr=5e-4, dropout=0.1, seed=seed)
+    config.stage1.data.params = {"k": 64, "seq_length": 2048, "p_open": 0.5}
+    config.stage1.train.schedule = "constant"
+    config.stage1.train.warmup_steps = 0
+    config.stage1.train.min_lr_ratio = 0.1
+    config.stage1.train.weight_decay = 0.1
+    config.stage1.train.grad_accum = 8
+    config.stage1.train.steps_per_dispatch = 1
+    config.stage1.checkpoint.every = 500
+  else:
+    config.stage1 = stage1(pretrain, size=stage2.model.size, steps=stage1_steps or 1000, lr=3e-3,
+                           seed=seed, runlocal=runlocal)
+  config.stage1_workdir = ""  # '' = <workdir>/stage1 (reused when finished)
+  # run_stage1 measures closing-bracket accuracy for Dyck families; no gate for the semantic stage.
+  config.gate = ml_collections.ConfigDict({"min_closing_accuracy": 0.0, "stop": False})
+  config.stage2 = stage2
+  config.arms = arms
+  config.protocol = protocol
+  config.fractions = fractions
+  config.t2_tokens = t2_tokens or stage2.train.steps * stage2.train.batch_size * stage2.data.context
+  config.embedding = "average"  # only used by arms that carry embed/everything
+  config.metric = SEMANTIC_DOMAINS[domain]["metric"]
+  return config

@@ -1,0 +1,73 @@
+"""Tests of the semantic-stage driver (semantic_stage.py): the analysis against hand-computed curves,
+config errors, and an end-to-end miniature on the shipped Shakespeare corpus through the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from procedural_pretraining import semantic_stage
+from procedural_pretraining.configlib import ConfigError
+
+
+def test_first_reaching_and_smallest_fraction_hand_examples():
+  tokens = np.array([100, 200, 300, 400])
+  losses = np.array([5.0, 4.0, 3.5, 3.0])
+  assert semantic_stage.first_reaching(tokens, losses, 3.5) == 300
+  assert semantic_stage.first_reaching(tokens, losses, 2.9) is None
+  finals = {0.5: 3.6, 0.67: 3.4, 0.86: 3.2, 1.0: 3.1}
+  assert semantic_stage.smallest_fraction_reaching(finals, 3.45) == 0.67
+  assert semantic_stage.smallest_fraction_reaching(finals, 3.0) is None
+
+
+def _run(final, tokens, losses):
+  return {"final_loss": final, "tokens": tokens, "losses": losses}
+
+
+def test_analyse_reports_both_protocols_against_the_baseline_final_loss():
+  runs = {"baseline": {1.0: _run(3.0, [10, 20, 30, 40], [4.0, 3.5, 3.2, 3.0])},
+          "attn_mlp_ln": {0.5: _run(3.1, [10, 20], [3.6, 3.1]),
+                          0.75: _run(2.95, [10, 20, 30], [3.5, 3.1, 2.95]),
+                          1.0: _run(2.8, [10, 20, 30, 40], [3.4, 3.0, 2.9, 2.8])}}
+  out = semantic_stage.analyse(runs, "substitutive")
+  warm = out["arms"]["attn_mlp_ln"]
+  assert out["baseline_final_loss"] == 3.0 and out["semantic_tokens"] == 40
+  assert warm["tokens_to_baseline_loss"] == 20 and warm["fraction_of_curve"] == 0.5
+  assert warm["smallest_fraction_reaching"] == 0.75
+  assert warm["delta_vs_baseline"] == pytest.approx(-0.2)
+  assert out["arms"]["baseline"]["fraction_of_curve"] == 1.0
+
+
+@pytest.mark.parametrize("spec", ["", "0", "0.5,1.5", "half"])
+def test_bad_fractions_are_config_errors(spec):
+  with pytest.raises(ConfigError, match="fractions"):
+    semantic_stage.parse_fractions(spec)
+
+
+def test_fractions_always_include_the_full_budget():
+  assert semantic_stage.parse_fractions("0.67,0.5") == [0.5, 0.67, 1.0]
+
+
+def test_unknown_arm_component_is_a_config_error():
+  with pytest.raises(ConfigError, match="attn_bogus"):
+    semantic_stage.parse_arms("baseline+attn_bogus")
+
+
+def test_substitutive_miniature_end_to_end(cli, tmp_path):
+  result = cli(tmp_path, "--config=configs/semantic.py:runlocal,protocol=substitutive,fractions=0.5,"
+               "stage1_steps=20,t2_tokens=8192", timeout=900)
+  assert result.returncode == 0, result.describe()
+  results = json.loads((tmp_path / "results.json").read_text())
+  runs = results["runs"]
+  assert set(runs) == {"baseline", "attn_mlp_ln"} and set(runs["attn_mlp_ln"]) == {"0.5", "1.0"}
+  assert runs["baseline"]["1.0"]["steps"] == 16 and runs["attn_mlp_ln"]["0.5"]["steps"] == 8
+  # Each arm's final loss is the one its own run wrote, and the analysis compares against the baseline.
+  baseline = json.loads((tmp_path / "arms" / "baseline" / "results.json").read_text())
+  assert results["analysis"]["baseline_final_loss"] == baseline["final"]["validation/loss"]
+  report = json.loads((tmp_path / "arms" / "attn_mlp_ln" / "transfer.json").read_text())
+  assert report["counts"]["copied"] == 26 and {report["status"][p] for p in
+                                               ("wte/embedding", "wpe/embedding")} == {"fresh"}
+  assert results["stage1_tokens"] == 20 * 32 * 128
+  assert (tmp_path / "validation_loss.png").stat().st_size > 0 and (tmp_path / "results.md").exists()
