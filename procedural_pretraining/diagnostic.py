@@ -198,10 +198,13 @@ def plot_curves(results: dict, path: str) -> None:
   plt.close(fig)
 
 
-def train_arm(config_dict: dict, arm_name: str, sources: dict, seeds: list[int]) -> dict:
+def train_arm(config_dict: dict, arm_name: str, sources: dict, seeds: list[int], *,
+              return_params: bool = False) -> dict:
   """Trains every seed of one arm (one vmapped program) and returns its results entry.
 
   Takes plain data (a config dict, numpy parameter trees) so it can run in a worker process.
+  ``return_params`` adds ``params``: each seed's trained parameters (numpy trees; not JSON, so
+  ``run`` leaves it off), for looking inside the trained models (attention maps, probes).
   """
   config = ml_collections.ConfigDict(config_dict)
   arm = parse_arm(arm_name)
@@ -223,16 +226,21 @@ def train_arm(config_dict: dict, arm_name: str, sources: dict, seeds: list[int])
     print(f"  {arm.name} step {step}: accuracy mean {100 * acc.mean():.1f} % "
           f"(per seed {' '.join(f'{100 * a:.0f}' for a in acc)})", flush=True)
 
-  _, curves = seed_parallel.fit_seeds(
+  state, curves = seed_parallel.fit_seeds(
       tcfg, model_config=model_config, params=params,
       train_batches=[d.train_batch for d in datas],
       eval_sets=[d.eval_sets["test"] for d in datas], seeds=seeds,
       trainable=trainable, on_eval=on_eval)
   arrays = curves.as_arrays()
-  return {"accuracy": summarize(curves, "accuracy"), "exact_match": summarize(curves, "exact_match"),
-          "curve_steps": curves.steps, "curve_accuracy": arrays["accuracy"].tolist(),
-          "curve_exact_match": arrays["exact_match"].tolist(), "train_seconds": curves.train_seconds,
-          "transfer": None if report is None else report.counts()}
+  entry = {"accuracy": summarize(curves, "accuracy"), "exact_match": summarize(curves, "exact_match"),
+           "curve_steps": curves.steps, "curve_accuracy": arrays["accuracy"].tolist(),
+           "curve_exact_match": arrays["exact_match"].tolist(), "train_seconds": curves.train_seconds,
+           "transfer": None if report is None else report.counts()}
+  if return_params:
+    stacked = jax.device_get(state["params"])  # [S, …] leaves
+    entry["params"] = [jax.tree_util.tree_map(lambda x, i=i: np.asarray(x[i]), stacked)
+                       for i in range(len(seeds))]
+  return entry
 
 
 def _single_device_worker() -> None:

@@ -3,10 +3,12 @@
 import json
 import os
 
+import numpy as np
 import pytest
 
-from procedural_pretraining import diagnostic, recipes
+from procedural_pretraining import checkpoint, diagnostic, model, recipes, train, transfer
 from procedural_pretraining.configlib import ConfigError
+from procedural_pretraining.data import pipeline
 
 # A 2-layer model has, per block, 4 attention + 4 MLP + 4 LayerNorm leaves, plus ln_f's 2.
 EVERYTHING_COPIED = 2 * 12 + 2
@@ -88,3 +90,32 @@ def test_gate_with_stop_refuses_to_train_arms(finished_run):
 def test_composition_arm_needs_named_sources(tmp_path):
   with pytest.raises(ConfigError, match="sources"):
     diagnostic.run(tiny_config("attn=A_mlp=B"), str(tmp_path))
+
+
+def test_train_arm_returns_each_seeds_trained_params(finished_run):
+  """The returned parameters are the trained models: scoring them here (NumPy argmax at the answer
+  position) reproduces each seed's final accuracy in the curve."""
+  workdir, _ = finished_run
+  config = tiny_config("everything")
+  sources = {diagnostic.PRETRAINED: checkpoint.restore_params(os.path.join(workdir, "stage1"))[0]}
+  entry = diagnostic.train_arm(config.to_dict(), "everything", sources, [0, 1], return_params=True)
+  assert len(entry["params"]) == 2
+  for seed, params in enumerate(entry["params"]):
+    data = pipeline.make_data(config.task.data, seed=seed, batch_size=config.task.train.batch_size)
+    model_config = train.model_config_for(config.task, data)
+    right = scored = 0
+    for batch in data.eval_sets["test"]:
+      predicted = np.asarray(model.apply(model_config, params, batch["tokens"])).argmax(-1)
+      mask = np.asarray(batch["loss_mask"])[:, :-1] > 0
+      right += (predicted[:, :-1] == np.asarray(batch["tokens"])[:, 1:])[mask].sum()
+      scored += mask.sum()
+    assert abs(right / scored - entry["accuracy"]["final_per_seed"][seed]) < 1e-6
+    initial, _, _ = diagnostic.arm_initial_params(diagnostic.parse_arm("everything"), [seed], model_config,
+                                                  sources, config.embedding, config.train_components)
+    before, after = transfer.flatten(initial[0]), transfer.flatten(params)
+    assert before.keys() == after.keys()
+    assert all(not np.array_equal(before[p], after[p]) for p in ("h/0/attn/c_attn/kernel", "ln_f/scale"))
+  first, second = (transfer.flatten(p) for p in entry["params"])
+  assert any(not np.array_equal(first[path], second[path]) for path in first)  # seeds differ
+  with open(os.path.join(workdir, "results.json")) as f:
+    assert all("params" not in arm for arm in json.load(f)["arms"].values())  # run() keeps JSON
