@@ -175,12 +175,12 @@ def write_table(results: dict, path: str) -> str:
 
 
 def plot_curves(results: dict, path: str) -> None:
-  import matplotlib  # noqa: PLC0415  (only the driver needs matplotlib)
+  # A bare Figure (no pyplot): renders headless without switching the caller's backend (a notebook's
+  # inline plots keep working after the driver ran in it).
+  from matplotlib.figure import Figure  # noqa: PLC0415  (only the driver needs matplotlib)
 
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # noqa: PLC0415
-
-  fig, ax = plt.subplots(figsize=(7, 4.5))
+  fig = Figure(figsize=(7, 4.5))
+  ax = fig.subplots()
   for name, arm in results["arms"].items():
     steps = np.asarray(arm["curve_steps"])
     acc = 100 * np.asarray(arm["curve_accuracy"])  # [evals, S]
@@ -195,7 +195,6 @@ def plot_curves(results: dict, path: str) -> None:
   ax.set_title("mean over seeds; band = min–max")
   fig.tight_layout()
   fig.savefig(path, dpi=120)
-  plt.close(fig)
 
 
 def train_arm(config_dict: dict, arm_name: str, sources: dict, seeds: list[int], *,

@@ -70,6 +70,20 @@ def test_table_and_plot_are_written(finished_run):
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
+def test_plot_leaves_the_callers_matplotlib_backend_alone(finished_run, tmp_path):
+  import matplotlib  # noqa: PLC0415
+
+  _, results = finished_run
+  previous = matplotlib.get_backend()
+  matplotlib.use("svg")  # stands in for a notebook's inline backend (no display needed)
+  try:
+    diagnostic.plot_curves(results, str(tmp_path / "curves.png"))
+    assert matplotlib.get_backend() == "svg"  # a notebook's inline plots keep working
+  finally:
+    matplotlib.use(previous)
+  assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_a_finished_stage1_is_reused_not_retrained(finished_run, capsys):
   workdir, _ = finished_run
   stage1 = os.path.join(workdir, "stage1", "checkpoints")
