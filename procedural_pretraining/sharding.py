@@ -9,6 +9,8 @@ device every sharding is trivially replicated, so the same code runs from a lapt
 
 from __future__ import annotations
 
+import logging
+
 import jax
 import ml_collections
 import numpy as np
@@ -53,11 +55,29 @@ def logical_to_spec(logical: PartitionSpec, shape, mesh) -> PartitionSpec:
 
 
 def param_shardings(model_config: model.GPT2Config, mesh, params_shape) -> dict:
-  """NamedShardings of the parameter pytree (same structure as ``params_shape``)."""
+  """NamedShardings of the parameter pytree (same structure as ``params_shape``).
+
+  A dimension its mesh axis does not divide stays whole, with one warning: e.g. GPT-2's 50,257-token
+  vocabulary on ``tensor=8`` puts the whole embedding (and its gradient and Adam moments) on every
+  device — pad the vocabulary (50,304) to split it.
+  """
   logical = model.logical_axes(model_config)
-  return jax.tree_util.tree_map(
-      lambda spec, leaf: NamedSharding(mesh, logical_to_spec(spec, np.shape(leaf), mesh)),
-      logical, params_shape, is_leaf=lambda x: isinstance(x, PartitionSpec))
+  undivided = set()
+
+  def leaf_sharding(spec, leaf):
+    physical = logical_to_spec(spec, np.shape(leaf), mesh)
+    for name, size, axis in zip(tuple(spec), np.shape(leaf), tuple(physical), strict=True):
+      wanted = RULES.get(name) if name else None
+      if wanted is not None and axis is None and mesh.shape[wanted] > 1:
+        undivided.add(f"{name}={size} over {wanted}={mesh.shape[wanted]}")
+    return NamedSharding(mesh, physical)
+
+  shardings = jax.tree_util.tree_map(leaf_sharding, logical, params_shape,
+                                     is_leaf=lambda x: isinstance(x, PartitionSpec))
+  if undivided:
+    logging.warning("not sharded (the mesh axis does not divide the size), kept whole on every "
+                    "device: %s", ", ".join(sorted(undivided)))
+  return shardings
 
 
 def state_shardings(state_shape, param_sharding, mesh) -> dict:

@@ -238,23 +238,27 @@ def check_dispatch(sums: dict, first_step: int, loss_positions: int) -> None:
 
 
 class Throughput:
-  """Tokens/s and steps/s over the run, excluding the first dispatch (compilation)."""
+  """Tokens/s and steps/s from the end of the first dispatch (which compiles) to the end of the
+  latest one. ``update`` is called when a dispatch's results have arrived: with asynchronous
+  dispatch, the moment a step is *enqueued* says nothing about when it ran."""
 
   def __init__(self):
-    self.start = None
+    self.start = self.last = None
     self.steps = 0
     self.tokens = 0
 
   def update(self, steps: int, tokens: int):
+    now = time.perf_counter()
     if self.start is None:
-      self.start = time.perf_counter()
+      self.start = now
       return
+    self.last = now
     self.steps += steps
     self.tokens += tokens
 
   @property
   def elapsed(self) -> float:
-    return 0.0 if self.start is None else time.perf_counter() - self.start
+    return 0.0 if self.last is None else self.last - self.start
 
   def rates(self) -> dict:
     elapsed = max(self.elapsed, 1e-9)
@@ -361,8 +365,9 @@ def fit(config: ml_collections.ConfigDict, *, data, model_config: model.GPT2Conf
   pending = None
 
   def drain():
-    first, metrics, count, stop_flag = pending
+    first, metrics, count, dispatch_tokens, stop_flag = pending
     metrics, stop_flag = jax.device_get((metrics, stop_flag))
+    throughput.update(count, dispatch_tokens)
     if stop is not None:
       stop.agreed = stop.agreed or int(stop_flag)
     check_dispatch(metrics, first, tcfg.loss_positions)
@@ -381,8 +386,7 @@ def fit(config: ml_collections.ConfigDict, *, data, model_config: model.GPT2Conf
     state, metrics, stop_flag = train_fn(state, dispatch, flags())
     if pending is not None:
       drain()
-    throughput.update(count, dispatch["tokens"].size)
-    pending = (step, metrics, count, stop_flag)
+    pending = (step, metrics, count, dispatch["tokens"].size, stop_flag)
     step += count
     if on_dispatch is not None:
       on_dispatch(state, step)
@@ -401,9 +405,11 @@ def dispatch_stream(data, train_cfg: ml_collections.ConfigDict, mesh,
   """``(K, dispatch)`` for the steps ``start_step …`` of a run: ``K`` steps' batches as global arrays
   ``[K, A, B/A, T]`` sharded over ``data × fsdp``, the layout the jitted train step takes.
 
-  Each process generates and feeds only its own rows of every micro-batch
-  (``sharding.host_step_rows``), read ahead by grain's threads; batches are a pure function of the
-  step, so a resumed run (any process count) continues with exactly the batches it would have seen.
+  Each process feeds only its own rows of every micro-batch (``sharding.host_step_rows``), cut from
+  the step's batch in grain's read-ahead threads (``StepData.train_batch`` builds whole batches;
+  generating one costs far less than a step of a model that needs several hosts). Batches are a
+  pure function of the step, so a resumed run (any process count) continues with exactly the
+  batches it would have seen.
   """
   rows = sharding.host_step_rows(mesh, train_cfg.batch_size, train_cfg.grad_accum)
   global_rows = None  # one process feeds whole batches (whatever their size)

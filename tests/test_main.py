@@ -290,3 +290,9 @@ def test_remote_workdir_logs_are_mirrored(tmp_path):
   assert (target / "metrics.jsonl").read_text() == '{"step": 1}\n'
   assert (target / "tensorboard" / "sub" / "events").read_bytes() == b"\x00\x01"
   assert not (target / "unrelated.txt").exists()
+
+
+def test_partial_multi_process_flags_are_one_line_exit_2(cli, tmp_path):
+  result = cli(tmp_path / "run", "--config=configs/task.py:task=condattendstream_30,runlocal",
+               "--num_processes=2")
+  _assert_config_error(result, "--coordinator_address, --process_id missing")

@@ -281,3 +281,17 @@ def test_make_mesh_errors_name_the_problem():
 def test_one_process_feeds_every_row_in_micro_batch_order():
   mesh = sharding.make_mesh({"data": -1})
   np.testing.assert_array_equal(sharding.host_step_rows(mesh, 12, 3), np.arange(12))
+
+
+def test_a_dimension_the_mesh_does_not_divide_is_kept_whole_with_a_warning(caplog):
+  from procedural_pretraining import model
+
+  config = model.GPT2Config.from_size("1_2_16", vocab_size=33, n_positions=8, tie_word_embeddings=False)
+  mesh = jax.sharding.AbstractMesh((1, 2, 2), sharding.MESH_AXES)
+  shapes = jax.eval_shape(lambda: model.init_params(config, jax.random.key(0)))
+  with caplog.at_level("WARNING"):
+    shardings = sharding.param_shardings(config, mesh, shapes)
+  assert shardings["wte"]["embedding"].spec == jax.sharding.PartitionSpec(None, "fsdp")
+  assert shardings["lm_head"]["kernel"].spec == jax.sharding.PartitionSpec("fsdp", None)
+  warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+  assert len(warnings) == 1 and "vocab=33 over tensor=2" in warnings[0], warnings
