@@ -243,6 +243,7 @@ def _split_dispatches(fed: list[dict], firsts: list[int]) -> list[list[dict]]:
   return [fed[4 * i:4 * (i + 1)] for i in range(len(firsts))]
 
 
+@pytest.mark.slow  # two processes training until the signal: ~50 s here
 def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path):
   workdir = tmp_path / "run"
   steps = 2000

@@ -25,14 +25,14 @@ import pytest
 from procedural_pretraining import checkpoint, configlib, recipes, sharding, train
 from procedural_pretraining.data import pipeline
 
-STEPS = 120
+STEPS = 60
 EVERY = 10
 COMMON = [
     "--config=configs/task.py:task=condattendstream_30,runlocal", "--config.model.size=1_2_16",
     "--config.model.dropout=0.1",  # dropout on: a resume must replay the same dropout keys
     "--config.train.batch_size=8", "--config.data.test_samples=32", "--config.data.eval_batch_size=32",
     "--config.train.schedule=constant", "--config.train.warmup_steps=4",
-    "--config.train.steps_per_dispatch=2", "--config.train.log_every=2", "--config.train.eval_every=40",
+    "--config.train.steps_per_dispatch=2", "--config.train.log_every=2", "--config.train.eval_every=20",
     f"--config.checkpoint.every={EVERY}", "--config.checkpoint.keep=2",
 ]
 THROUGHPUT = ("steps_per_s", "tokens_per_s")
@@ -62,7 +62,7 @@ def runs(cli, tmp_path_factory):
   """The uninterrupted run, a run killed with SIGKILL at a random step, and a short run whose newest
   checkpoint gets truncated — the three started together."""
   full_dir, killed_dir, short_dir = (tmp_path_factory.mktemp(n) for n in ("full", "killed", "short"))
-  kill_after = random.Random().randrange(4, 40)  # metrics rows (2 steps each) before the kill
+  kill_after = random.Random().randrange(4, 24)  # metrics rows (2 steps each) before the kill
   full = cli.start(full_dir, *COMMON, f"--config.train.steps={STEPS}")
   killed = cli.start(killed_dir, *COMMON, f"--config.train.steps={STEPS}", shared_cache=False)
   short = cli.start(short_dir, *COMMON, "--config.train.steps=40", shared_cache=False)
