@@ -651,6 +651,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
           "is exact)")
       print(f"resuming from step {int(state['step'])} of {checkpointer.directory}{note}")
   else:
+    if primary:
+      forget_metrics_after(logs, 0)  # rows of a run that died before its first checkpoint
     params = init_params(model_config, config.seed, mesh)
     if config.init.workdir:
       params = init_from_run(config.init, params, logs if primary else None)

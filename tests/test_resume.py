@@ -159,3 +159,13 @@ def test_batches_after_a_resume_are_the_uninterrupted_runs(recipe):
     for step, batch in enumerate(resumed, start):
       np.testing.assert_array_equal(batch, uninterrupted[step], err_msg=f"step {step} from {start}")
     np.testing.assert_array_equal(uninterrupted[start], data.train_batch(start)["tokens"])
+
+
+def test_forget_metrics_after_drops_later_and_cut_rows(tmp_path):
+  path = tmp_path / "metrics.jsonl"
+  path.write_text('{"step": 2, "a": 1}\n{"step": 4, "a": 2}\n{"step": 6, "a": 3}\n{"step": 8, "a"')
+  train.forget_metrics_after(str(tmp_path), 4)
+  assert path.read_text() == '{"step": 2, "a": 1}\n{"step": 4, "a": 2}\n'
+  train.forget_metrics_after(str(tmp_path), 0)  # a fresh start: the dead run left no checkpoint
+  assert path.read_text() == ""
+  train.forget_metrics_after(str(tmp_path / "nothing_here"), 0)  # no metrics yet: nothing to do
