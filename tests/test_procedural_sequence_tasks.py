@@ -15,7 +15,11 @@ from hypothesis import strategies as st
 
 from procedural_pretraining.data import counter_rng
 from procedural_pretraining.data.procedural import ProceduralSource, make_family
-from procedural_pretraining.data.procedural.sequence_tasks import reference_sample, span_mask
+from procedural_pretraining.data.procedural.sequence_tasks import (
+    distinct_in_order,
+    reference_sample,
+    span_mask,
+)
 
 FAMILIES = ["identity", "reverse", "sort", "set", "union", "delete", "stack"]
 DEFAULT_V, DEFAULT_L = 100, 64
@@ -326,6 +330,20 @@ def _stats(task: str, n: int = 20000, V: int = DEFAULT_V, L: int = DEFAULT_L):
   f = _family(task, V, L)
   batch = ProceduralSource(f, seed=5).get_batch(np.arange(n))
   return batch, f.sample_stats(batch)
+
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rows=st.integers(1, 6), n=st.integers(1, 40), extra=st.integers(0, 5),
+       high=st.sampled_from([2, 7, 100, 2**20, 2**30]), seed=st.integers(0, 2**31))
+def test_distinct_in_order_matches_dict_fromkeys(rows, n, extra, high, seed):
+  # Large ``high`` exercises the int64 key path, small ones many repeats.
+  x = np.random.default_rng(seed).integers(0, high, size=(rows, n)).astype(np.int32)
+  out, count = distinct_in_order(x, n + extra, fill=-7)
+  for row, got, c in zip(x, out, count, strict=True):
+    expected = list(dict.fromkeys(row.tolist()))
+    assert c == len(expected)
+    assert got.tolist() == expected + [-7] * (n + extra - len(expected))
 
 
 @pytest.mark.parametrize("task", ["set", "union"])

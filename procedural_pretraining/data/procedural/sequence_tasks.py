@@ -49,38 +49,38 @@ def span_mask(start, count, length: int) -> np.ndarray:
   return (offset < count.astype(np.uint64)).astype(np.int32)
 
 
-def first_occurrences(x: np.ndarray) -> np.ndarray:
-  """bool ``[B, n]``: True where ``x[b, i]`` does not occur in ``x[b, :i]``.
+def distinct_in_order(x: np.ndarray, width: int, fill: int) -> tuple[np.ndarray, np.ndarray]:
+  """The distinct values of each row of non-negative ``x [B, n]`` in first-occurrence order,
+  left-aligned in ``[B, width]`` (``width >= n``) and padded with ``fill``; and their counts.
 
-  One sort of the composite key ``value * n + position`` (unique per row) groups equal values with
-  their positions ascending, so the head of each group is the first occurrence; sorting plain
-  integers is much cheaper than a stable argsort.
+  Two small-integer sorts instead of a stable argsort and scatters: sorting ``value << s | position``
+  groups equal values with positions ascending, so a group's head is the value's first occurrence;
+  sorting the heads' ``position << b | value`` (non-heads get a key above every head) puts the
+  distinct values in first-occurrence order. Keys are int32 whenever they fit (the sort is then
+  about twice as fast as on int64).
   """
   n_rows, n = x.shape
-  key = x.astype(np.int64) * n + np.arange(n, dtype=np.int64)
-  key.sort(axis=1)
-  value, position = np.divmod(key, n)
-  head = np.ones_like(value, dtype=bool)
-  head[:, 1:] = value[:, 1:] != value[:, :-1]
-  first = np.empty_like(head)
-  # ``position`` is a permutation of each row, so this scatter has no duplicate targets.
-  first[np.arange(n_rows)[:, None], position] = head
-  return first
-
-
-def compact(x: np.ndarray, keep: np.ndarray, width: int, fill: int) -> tuple[np.ndarray, np.ndarray]:
-  """Stable left-compaction: the kept entries of each row in order, then ``fill``; and the counts.
-
-  Kept entries go to ``cumsum(keep) - 1``; dropped ones all go to a scratch column that is cut off,
-  so a single unmasked scatter does the job (no boolean gathers).
-  """
-  n_rows = x.shape[0]
-  rank = np.cumsum(keep, axis=1)
-  count = rank[:, -1]
-  target = np.where(keep, rank - 1, width)
-  out = np.full((n_rows, width + 1), fill, dtype=x.dtype)
-  out[np.arange(n_rows)[:, None], target] = x
-  return out[:, :width], count
+  if width < n:
+    raise ValueError(f"distinct_in_order: width {width} is shorter than the rows ({n})")
+  value_bits = max(int(x.max(initial=0)).bit_length(), 1)
+  position_bits = max((n - 1).bit_length(), 1)
+  dtype = np.int32 if value_bits + position_bits < 31 else np.int64
+  x = x.astype(dtype, copy=False)
+  position = np.arange(n, dtype=dtype)
+  by_value = (x << dtype(position_bits)) | position
+  by_value.sort(axis=1)
+  value = by_value >> dtype(position_bits)
+  head = np.empty((n_rows, n), dtype=bool)
+  head[:, 0] = True
+  np.not_equal(value[:, 1:], value[:, :-1], out=head[:, 1:])
+  count = head.sum(axis=1)
+  by_position = ((by_value & dtype((1 << position_bits) - 1)) << dtype(value_bits)) | value
+  by_position[~head] = np.iinfo(dtype).max
+  by_position.sort(axis=1)
+  out = np.full((n_rows, width), fill, dtype=np.int32)
+  out[:, :n] = by_position & dtype((1 << value_bits) - 1)
+  out[np.arange(width) >= count[:, None]] = fill
+  return out, count
 
 
 def io_segments(batch: Batch, inputs: list[tuple[int, int]]) -> np.ndarray:
@@ -274,7 +274,7 @@ class Set(_OneInputTask):
   _reference_walks_past_end: ClassVar[bool] = False
 
   def _outputs(self, x):
-    return compact(x, first_occurrences(x), self.seq_length, self.pad_id)
+    return distinct_in_order(x, self.seq_length, self.pad_id)
 
   def _reference_output(self, x):
     return list(dict.fromkeys(x))
@@ -308,19 +308,22 @@ class Union(SymbolTask):
     h = self.half
     if a.shape[1] != h or b.shape != a.shape:
       raise ValueError(f"union: inputs must both be [B, {h}], got {a.shape} and {b.shape}")
-    both = np.concatenate([a, b], axis=1)
-    out, n_out = compact(both, first_occurrences(both), self.seq_length, self.pad_id)
-    tokens = np.empty((a.shape[0], self.length), dtype=np.int32)
-    tokens[:, :h] = a
+    return self._assemble_halves(np.concatenate([a, b], axis=1))
+
+  def _assemble_halves(self, both: np.ndarray) -> Batch:
+    """``assemble`` on ``a‖b`` as one ``[B, 2⌊L/2⌋]`` int32 array (how ``generate`` draws it)."""
+    h = self.half
+    out, n_out = distinct_in_order(both, self.seq_length, self.pad_id)
+    tokens = np.empty((both.shape[0], self.length), dtype=np.int32)
+    tokens[:, :h] = both[:, :h]
     tokens[:, h] = self.sep_id
-    tokens[:, h + 1:2 * h + 1] = b
+    tokens[:, h + 1:2 * h + 1] = both[:, h:]
     tokens[:, 2 * h + 1] = self.sep_id
     tokens[:, 2 * h + 2:] = out
     return {"tokens": tokens, "loss_mask": span_mask(2 * h + 1, n_out, self.length)}
 
   def generate(self, keys: np.ndarray) -> Batch:
-    both = self._symbols(keys, 2 * self.half)
-    return self.assemble(both[:, :self.half], both[:, self.half:])
+    return self._assemble_halves(self._symbols(keys, 2 * self.half))
 
   def shuffle_segments(self, batch: Batch) -> np.ndarray:
     # Each input half keeps its own multiset (permuted within the half), as each lies between
