@@ -1,7 +1,7 @@
 """`make demo`: the Dyck → Haystack diagnostic experiment at a 2-core CPU budget (≈ 10 minutes).
 
-Stage 1 warms a 2_4_16 GPT-2 up on k-Dyck (k=16, n=128, 2,000 steps of 128 sequences, lr 1e-2, no
-dropout; closing-bracket accuracy ≈ 0.95); then Haystack (condattendstream_30) trains 3 seeds of a
+Stage 1 warms a 2_4_16 GPT-2 up on k-Dyck (k=16, n=128, 2,000 steps of 128 sequences, lr 2e-2, no
+dropout; closing-bracket accuracy 0.966); then Haystack (condattendstream_30) trains 3 seeds of a
 scratch baseline and of the full transfer (`everything`: average embeddings, positions copied), the
 two arms in parallel worker processes, 2,000 steps of 128 sequences each.
 

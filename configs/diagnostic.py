@@ -17,6 +17,6 @@ from procedural_pretraining import configlib, recipes
 def get_config(arg=None):
   args = configlib.parse_arg(
       arg, pretrain="dyck", task="haystack", arms="baseline+everything", seeds=5, first_seed=0,
-      stage1_steps=3000, stage1_lr=1e-2, stage1_batch=128, stage1_seed=0, task_steps=10000,
+      stage1_steps=3000, stage1_lr=2e-2, stage1_batch=128, stage1_seed=0, task_steps=10000,
       task_batch=256, embedding="average", train="everything", runlocal=False)
   return recipes.diagnostic(**args.to_dict())

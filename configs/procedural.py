@@ -11,7 +11,7 @@ from procedural_pretraining import configlib, recipes
 
 
 def get_config(arg=None):
-  args = configlib.parse_arg(arg, family="dyck", size="2_4_16", steps=3000, batch=128, lr=1e-2,
+  args = configlib.parse_arg(arg, family="dyck", size="2_4_16", steps=3000, batch=128, lr=2e-2,
                              seed=0, runlocal=False)
   return recipes.stage1(args.family, size=args.size, steps=args.steps, batch=args.batch, lr=args.lr,
                         seed=args.seed, runlocal=args.runlocal)

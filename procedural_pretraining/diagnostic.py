@@ -99,6 +99,29 @@ def closing_bracket_accuracy(model_config, params, family, seed: int, samples: i
   return float((predictions == targets)[closer].mean())
 
 
+def haystack_value_attention(model_config, params, tokens_BxT, loss_mask_BxT) -> np.ndarray:
+  """``[layers, heads]``: mean attention mass the query position puts on the value tokens before it.
+
+  Haystack is solved by reading a value at the query; at the initial parameters of an arm this says
+  how much of each head already looks there. With averaged embeddings every token looks the same, so
+  a transferred model's attention is purely positional: a stage-1 checkpoint whose heads put ≈ 0 on
+  value positions learned Haystack slower than one with a head on them (README, Dyck → Haystack).
+  """
+  tokens = np.asarray(tokens_BxT)
+  query = np.asarray(loss_mask_BxT).argmax(axis=1)  # Haystack counts one position per sequence
+  _, attentions = jax.jit(lambda p, t: model.apply(model_config, p, t, return_attention=True))(
+      params, jnp.asarray(tokens))
+  rows = np.arange(len(tokens))
+  positions = np.arange(tokens.shape[1])
+  is_value = ((tokens >= 1) & (tokens < tasks.Haystack.VALUE_LIMIT)
+              & (positions[None] < query[:, None]))  # [B, T]
+  mass = []
+  for probs_BxHxQxT in attentions:
+    at_query = np.asarray(probs_BxHxQxT)[rows, :, query, :]  # [B, H, T]
+    mass.append((at_query * is_value[:, None, :]).sum(-1).mean(0))
+  return np.stack(mass)
+
+
 def run_stage1(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains (or reuses) the stage-1 run and measures its gate; returns a summary dict."""
   stage1_dir = config.stage1_workdir or os.path.join(workdir, "stage1")
@@ -219,6 +242,13 @@ def train_arm(config_dict: dict, arm_name: str, sources: dict, seeds: list[int],
     tcfg.attention_entropy_weight = arm.amount
   print(f"arm {arm.name}: {len(seeds)} seeds × {tcfg.steps} steps"
         + ("" if report is None else f"; transfer {report.counts()}"), flush=True)
+  value_attention = None
+  if isinstance(tasks.parse_task(task_cfg.data.task), tasks.Haystack):
+    first = datas[0].eval_sets["test"][0]
+    value_attention = [haystack_value_attention(model_config, p, first["tokens"], first["loss_mask"])
+                       for p in params]
+    print(f"  {arm.name} initial attention on values (layer × head, seed {seeds[0]}): "
+          f"{np.round(value_attention[0], 2).tolist()}", flush=True)
 
   def on_eval(step, means):
     acc = means["accuracy"]
@@ -234,7 +264,9 @@ def train_arm(config_dict: dict, arm_name: str, sources: dict, seeds: list[int],
   entry = {"accuracy": summarize(curves, "accuracy"), "exact_match": summarize(curves, "exact_match"),
            "curve_steps": curves.steps, "curve_accuracy": arrays["accuracy"].tolist(),
            "curve_exact_match": arrays["exact_match"].tolist(), "train_seconds": curves.train_seconds,
-           "transfer": None if report is None else report.counts()}
+           "transfer": None if report is None else report.counts(),
+           "initial_value_attention": None if value_attention is None else
+           [a.tolist() for a in value_attention]}
   if return_params:
     stacked = jax.device_get(state["params"])  # [S, …] leaves
     entry["params"] = [jax.tree_util.tree_map(lambda x, i=i: np.asarray(x[i]), stacked)

@@ -133,3 +133,34 @@ def test_train_arm_returns_each_seeds_trained_params(finished_run):
   assert any(not np.array_equal(first[path], second[path]) for path in first)  # seeds differ
   with open(os.path.join(workdir, "results.json")) as f:
     assert all("params" not in arm for arm in json.load(f)["arms"].values())  # run() keeps JSON
+
+
+def test_value_attention_under_uniform_attention_is_the_share_of_value_tokens():
+  """Zero query/key/value projections make causal attention uniform, so the query at position 2m
+  (after m key-value pairs) puts m / (2m + 1) of its mass on the values: brute force from the tokens."""
+  config = tiny_config("everything")
+  data = pipeline.make_data(config.task.data, seed=3, batch_size=16)
+  model_config = train.model_config_for(config.task, data)
+  flat = transfer.flatten(train.init_params(model_config, 3))
+  for path in flat:
+    if "attn/c_attn" in path:
+      flat[path] = np.zeros_like(flat[path])
+  params = transfer.unflatten_like(train.init_params(model_config, 3), flat)
+  batch = data.eval_sets["test"][0]
+  mass = diagnostic.haystack_value_attention(model_config, params, batch["tokens"], batch["loss_mask"])
+  tokens = np.asarray(batch["tokens"])
+  pairs = np.array([int(((row >= 128) & (row < 158)).sum()) for row in tokens])  # key tokens
+  expected = (pairs / (2 * pairs + 1)).mean()
+  assert mass.shape == (model_config.n_layer, model_config.n_head)
+  np.testing.assert_allclose(mass, expected, rtol=1e-5)
+
+
+def test_results_record_each_seeds_initial_value_attention(finished_run):
+  _, results = finished_run
+  for arm in results["arms"].values():
+    per_seed = np.asarray(arm["initial_value_attention"])
+    assert per_seed.shape == (2, 2, 4)  # seeds × layers × heads
+    assert ((per_seed >= 0) & (per_seed <= 1)).all()
+  scratch = np.asarray(results["arms"]["baseline"]["initial_value_attention"])
+  transferred = np.asarray(results["arms"]["everything"]["initial_value_attention"])
+  assert not np.allclose(scratch, transferred)  # the transferred heads look elsewhere than fresh ones
