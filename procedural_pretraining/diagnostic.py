@@ -14,6 +14,7 @@ vmapped program (``seed_parallel``). Outputs: ``results.json``, ``results.md`` a
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -99,18 +100,23 @@ def closing_bracket_accuracy(model_config, params, family, seed: int, samples: i
   return float((predictions == targets)[closer].mean())
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _attention_probs(model_config, params, tokens_BxT):
+  # Module-level so every seed of an arm reuses one compilation (a jit of a fresh lambda would not).
+  return model.apply(model_config, params, tokens_BxT, return_attention=True)[1]
+
+
 def haystack_value_attention(model_config, params, tokens_BxT, loss_mask_BxT) -> np.ndarray:
   """``[layers, heads]``: mean attention mass the query position puts on the value tokens before it.
 
   Haystack is solved by reading a value at the query; at the initial parameters of an arm this says
   how much of each head already looks there. With averaged embeddings every token looks the same, so
-  a transferred model's attention is purely positional: a stage-1 checkpoint whose heads put ≈ 0 on
-  value positions learned Haystack slower than one with a head on them (README, Dyck → Haystack).
+  a transferred model's attention is purely positional. A lead on which checkpoints take off, not a
+  predictor yet (README, "The Dyck → Haystack result").
   """
   tokens = np.asarray(tokens_BxT)
   query = np.asarray(loss_mask_BxT).argmax(axis=1)  # Haystack counts one position per sequence
-  _, attentions = jax.jit(lambda p, t: model.apply(model_config, p, t, return_attention=True))(
-      params, jnp.asarray(tokens))
+  attentions = _attention_probs(model_config, params, jnp.asarray(tokens))
   rows = np.arange(len(tokens))
   positions = np.arange(tokens.shape[1])
   is_value = ((tokens >= 1) & (tokens < tasks.Haystack.VALUE_LIMIT)
