@@ -3,7 +3,8 @@
 Seed ``s`` of a vmapped run computes exactly what a single run with seed ``s`` computes (same step
 functions, same per-seed data stream and dropout keys); only the batching differs. On several
 devices (e.g. fake CPU devices, one per core) the seed axis is sharded across them, so independent
-seeds use every core without any cross-device communication.
+seeds use every core without any cross-device communication; devices the seeds cannot fill (one
+seed on two cores, three seeds on two) split each seed's batch instead.
 """
 
 from __future__ import annotations
@@ -40,21 +41,35 @@ class SeedCurves:
     return {k: np.stack(v) for k, v in self.metrics.items()}
 
 
-def seed_mesh(num_seeds: int):
-  """A 1-D ``seeds`` mesh over as many devices as divide ``num_seeds`` (``None`` if only one)."""
+def seed_mesh(num_seeds: int, batch_sizes: Sequence[int] = ()):
+  """A ``(seeds, data)`` mesh: the seed axis over as many devices as divide ``num_seeds``, and the
+  devices left over split each seed's batch (data parallel), when every size in ``batch_sizes``
+  divides evenly. ``None`` on one device.
+
+  Seeds first: independent seeds need no communication; a seed split over ``data`` devices sums
+  its gradients across them every step (cheap for these models, and it is what lets one seed use
+  every core).
+  """
   devices = jax.devices()
-  count = max(d for d in range(1, len(devices) + 1) if num_seeds % d == 0)
-  if count == 1:
+  seeds = max(d for d in range(1, len(devices) + 1) if num_seeds % d == 0)
+  spare = len(devices) // seeds
+  data = max(d for d in range(1, spare + 1)
+             if spare % d == 0 and all(size % d == 0 for size in batch_sizes))
+  if seeds * data == 1:
     return None
-  return jax.make_mesh((count,), ("seeds",), devices=devices[:count],
-                       axis_types=(jax.sharding.AxisType.Auto,))
+  return jax.make_mesh((seeds, data), ("seeds", "data"), devices=devices[:seeds * data],
+                       axis_types=(jax.sharding.AxisType.Auto,) * 2)
 
 
-def _shard_seeds(tree, mesh):
+def _shard_seeds(tree, mesh, batch_axis: int | None = None):
+  """Puts ``[S, …]`` leaves on ``mesh``: seeds over ``seeds``; axis ``batch_axis`` over ``data``."""
   if mesh is None:
     return tree
-  sharding = NamedSharding(mesh, PartitionSpec("seeds"))
-  return jax.device_put(tree, sharding)
+  spec = [None] * (1 if batch_axis is None else batch_axis + 1)
+  spec[0] = "seeds"
+  if batch_axis is not None:
+    spec[batch_axis] = "data"
+  return jax.device_put(tree, NamedSharding(mesh, PartitionSpec(*spec)))
 
 
 def stack_seeds(trees: Sequence) -> object:
@@ -83,14 +98,17 @@ def fit_seeds(tcfg: ml_collections.ConfigDict, *, model_config: model.GPT2Config
   functions = train.make_step_functions(model_config, tx, train.make_schedule(tcfg),
                                         loss_positions=tcfg.loss_positions,
                                         attention_entropy_weight=tcfg.attention_entropy_weight)
-  mesh = seed_mesh(num_seeds)
+  micro_batch = tcfg.batch_size // tcfg.grad_accum
+  eval_sizes = [len(next(iter(batch.values()))) for group in eval_sets for batch in group]
+  mesh = seed_mesh(num_seeds, [micro_batch, *eval_sizes])
   params_S = _shard_seeds(stack_seeds(params), mesh)
   state = jax.jit(jax.vmap(lambda p: train.init_state(p, tx)))(params_S)
   run_keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.key(s), 0x0D0F))(jnp.asarray(seeds))
   run_keys = _shard_seeds(run_keys, mesh)
   train_fn = jax.jit(jax.vmap(functions.train), donate_argnums=0)
   eval_fn = jax.jit(jax.vmap(functions.evaluate))
-  eval_batches = [_shard_seeds(stack_seeds(group), mesh) for group in zip(*eval_sets, strict=True)]
+  eval_batches = [_shard_seeds(stack_seeds(group), mesh, batch_axis=1)  # [S, B, T]
+                  for group in zip(*eval_sets, strict=True)]
 
   def dispatch_batches(first_step: int, count: int):
     per_seed = [train.stack_dispatch([fn(first_step + k) for k in range(count)], tcfg.grad_accum)
@@ -115,7 +133,8 @@ def fit_seeds(tcfg: ml_collections.ConfigDict, *, model_config: model.GPT2Config
   start_time = time.perf_counter()
   for first in starts:
     count = min(K, tcfg.steps - first)
-    state, metrics = train_fn(state, _shard_seeds(next(stream), mesh), run_keys)
+    # A dispatch is [S, K, A, B/A, T]: the micro-batch axis splits over ``data``.
+    state, metrics = train_fn(state, _shard_seeds(next(stream), mesh, batch_axis=3), run_keys)
     if pending is not None:
       train.check_dispatch(jax.device_get(pending[0]), pending[1], tcfg.loss_positions)
     pending = ({k: metrics[k] for k in ("loss_sum", "loss_tokens", "overflow")}, first)

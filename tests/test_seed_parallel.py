@@ -8,7 +8,8 @@ parameters, to 1e-5:
   runs fuse 3, or 4 with a last dispatch of 2), metrics summed and averaged here;
 * ``train.fit``, the single-run trainer behind ``main`` (its own data wiring, eval cadence and dropout
   stream);
-* ``fit_seeds`` with that one seed, and ``fit_seeds`` with 4 seeds sharded over 2 fake CPU devices.
+* ``fit_seeds`` with that one seed (its batch split over 2 fake CPU devices), and ``fit_seeds`` with
+  4 seeds sharded over the 2 devices.
 
 The last three run in a subprocess started before anything else here: the device count is fixed when
 JAX starts, and on a 2-core machine the subprocess compiles while this process does (a persistent
@@ -317,8 +318,12 @@ def test_vmapped_seed_equals_train_fit(base, sub):
 
 
 def test_one_seed_fit_seeds_equals_vmapped(base, sub):
+  """One seed on 2 devices splits its batch over both (data parallel) and still equals the
+  unsharded vmapped run."""
   for index, seed in enumerate(SEEDS):
     single = sub.part(f"single{seed}")
+    if int(sub.result()["num_devices"]) >= 2:
+      assert int(single["devices"]) == 2, "one seed on 2 devices: its state must span both"
     np.testing.assert_array_equal(single["steps"], base["eval_steps"])
     curves, params = _single(single)
     assert_seed_matches(base["vmapped"], index, curves, params, f"fit_seeds([{seed}]) vs vmapped")
