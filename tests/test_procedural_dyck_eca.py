@@ -9,6 +9,7 @@ valid sample and a short reason otherwise, and is itself tested on corrupted sam
 from __future__ import annotations
 
 import collections
+import hashlib
 import random
 
 import numpy as np
@@ -396,6 +397,173 @@ def test_capped_walk_fallbacks_for_large_caps():
 def test_capped_walk_matches_brute_force(up, max_depth):
   got = dyck_module.capped_walk_depths(np.array([up]), max_depth)[0]
   assert got.tolist() == _brute_capped_walk(up, max_depth)
+
+
+# --------------------------------------------------------------------------------------------------
+# k-Dyck-shuffle: the excursion-parallel generator reproduces the previous position loop bit for bit
+
+
+# Verbatim copy (renamed) of ``dyck._shuffle_tokens`` before the excursion-parallel rewrite: one
+# loop over positions with batch-vectorised steps. Kept as the reference the new one must equal.
+def _reference_shuffle_tokens(is_open: np.ndarray, open_type: np.ndarray, choice: np.ndarray,
+                               k: int, max_depth: int) -> np.ndarray:
+  """Tokens of Dyck-shuffle rows, given the walk (``is_open``, [B, n]) and the draws.
+
+  ``open_type`` [B, n] gives opener types; ``choice`` [B, n] uint32 picks the closed type at closers:
+  the entry ``choice mod N`` of the list of the ``N`` distinct open types, i.e. uniform over types
+  with a positive count (bias < N / 2**32).
+
+  State, touched only by 1-D fancy indexing (the cheapest numpy operation on small vectors):
+    ``count[b·k + τ]``: open brackets of type τ in row b;
+    ``slots``: a ``[W, S]`` grid (``S = B + 1`` columns, column ``b + 1`` for row ``b``) holding the
+    flat ids ``b·k + τ`` of row b's distinct open types, entry j at grid row ``W-1-j``; grid row 0
+    is a scratch cell per column; ``end[b]`` is the flat index of the first free entry, so it
+    encodes both the row and ``N``.
+  One ``fmod`` routes both kinds of step without masks: a closer's precomputed dividend is
+  ``-(S·R + B - b)``, and ``fmod(-(S·R + c), N·S) = -(S·(R mod N) + c)`` wraps (negative index) to
+  entry ``R mod N`` of row b; an opener's dividend ``b + 1`` is smaller than every modulus and
+  lands on the scratch cell, where the opener's type has just been written.
+  Count and list upkeep share one lookup code, ``count + 1`` for openers and ``count - 1 + K`` for
+  closers: ``code == 1`` is a new type (the list grows, ``end`` moves up a grid row) and
+  ``code == K`` an emptied type (the list shrinks, ``end`` moves down onto the last entry). The
+  step always writes the type at the old free entry (an append if new) and then copies the entry
+  at the new ``end`` over the chosen entry: for an emptied type that is the list's last entry
+  (swap-remove), for a surviving closed type it is the type itself (a no-op), and an opener's
+  chosen entry is the scratch cell.
+  """
+  batch_size, n = is_open.shape
+  S = batch_size + 1
+  n_max = min(max_depth, k)  # at most this many distinct types are open at once
+  W = n_max + 2  # list entries 0 … n_max (the free entry can sit at n_max) + a scratch grid row
+  K = max_depth + 2  # code offset of closers, above every opener code (count + 1 ≤ max_depth)
+  col = np.arange(1, batch_size + 1, dtype=np.intp)
+  row_base = np.arange(0, batch_size * k, k, dtype=np.intp)
+  opens = is_open.T  # step-major [n, B] views: the loop reads one contiguous row per step
+
+  flat_type = np.add(open_type.T, row_base, dtype=np.intp, order="C")
+  dividend = np.multiply(choice.T, -S, dtype=np.intp, order="C")
+  dividend -= batch_size - col + 1  # closers: -(S·R + B - b)
+  np.copyto(dividend, col, where=opens)  # openers: b + 1
+  code_step = np.full((n, batch_size), K - 1, np.intp)
+  np.copyto(code_step, 1, where=opens)
+
+  n_entries = (W - 1) - np.arange(W)  # N when the free entry is in grid row r
+  modulus = np.repeat(np.maximum(n_entries, 1).astype(np.intp) * S, S)  # indexed by `end`
+  codes = np.arange(K + max_depth + 1)
+  count_of = np.where(codes < K, codes, codes - K).astype(np.intp)
+  end_shift = np.zeros(codes.shape, np.intp)
+  end_shift[1], end_shift[K] = -S, S
+
+  count = np.zeros(batch_size * k, np.intp)
+  slots = np.zeros(W * S, np.intp)
+  end = (W - 1) * S + col  # N = 0: the free entry is entry 0, in grid row W - 1
+  out = np.empty((n, batch_size), np.intp)
+  fmod = np.fmod
+  for step_type, step_dividend, step_code, step_out in zip(flat_type, dividend, code_step, out,
+                                                          strict=True):
+    slots[col] = step_type
+    idx = fmod(step_dividend, modulus[end])
+    ti = slots[idx]
+    code = count[ti] + step_code
+    count[ti] = count_of[code]
+    step_out[...] = ti
+    slots[end] = ti
+    end = end + end_shift[code]
+    slots[idx] = slots[end]
+  out -= row_base  # flat ids b·k + τ → τ, then closers become k + τ
+  np.add(out, k, out=out, where=~opens)
+  return out.T.astype(np.int32, order="C")
+
+
+def _reference_dyck_shuffle(family, keys: np.ndarray) -> np.ndarray:
+  """``DyckShuffle.generate(keys)["tokens"]`` as computed before the rewrite."""
+  keys = np.asarray(keys, dtype=np.uint64)
+  n, k = family.seq_length, family.k
+  max_depth = min(family.max_depth, n)
+  up, used = dyck_module._bernoulli(keys, n, family.p_open, 0)
+  depth = dyck_module.capped_walk_depths(up, max_depth)
+  is_open = np.empty(depth.shape, dtype=bool)
+  is_open[:, 0] = True
+  np.greater(depth[:, 1:], depth[:, :-1], out=is_open[:, 1:])
+  choice, _ = dyck_module._draws(keys, n, 32, used)
+  return _reference_shuffle_tokens(is_open, dyck_module._reduce(choice, k), choice, k, max_depth)
+
+
+def _random_walk_inputs(rng: np.random.Generator, batch: int, n: int, p_open: float,
+                        max_depth: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """A capped walk (``is_open``, depth after each step) and uniform 32-bit draws."""
+  depth = dyck_module.capped_walk_depths(rng.random((batch, n)) < p_open, min(max_depth, n))
+  is_open = np.empty(depth.shape, dtype=bool)
+  is_open[:, 0] = True
+  np.greater(depth[:, 1:], depth[:, :-1], out=is_open[:, 1:])
+  return is_open, depth, rng.integers(0, 2**32, (batch, n), dtype=np.uint32)
+
+
+@settings(max_examples=400, deadline=None, derandomize=True)
+@given(batch=st.integers(1, 40), n=st.integers(1, 300), k=st.integers(1, 70),
+       p_open=st.sampled_from([0.0, 0.1, 0.5, 0.7, 0.9, 1.0]) | st.floats(0.0, 1.0),
+       max_depth=st.integers(1, 40) | st.integers(250, 5000), scalar_width=st.sampled_from([0, 1, 12, 10**9]),
+       count_cells=st.sampled_from([1, 64, 1 << 18]), own_types=st.booleans(),
+       seed=st.integers(0, 2**32))
+def test_shuffle_tokens_equal_the_previous_implementation(batch, n, k, p_open, max_depth,
+                                                          scalar_width, count_cells, own_types, seed):
+  # scalar_width 0 runs every step vectorised, 10**9 every excursion in the scalar loop;
+  # count_cells 1 or 64 splits the excursions into many chunks; own_types draws opener types
+  # independently of the closers' choices (the generator derives both from one draw).
+  rng = np.random.default_rng(seed)
+  is_open, depth, choice = _random_walk_inputs(rng, batch, n, p_open, max_depth)
+  open_type = rng.integers(0, k, (batch, n), dtype=np.int32) if own_types else None
+  expected = _reference_shuffle_tokens(
+      is_open, dyck_module._reduce(choice, k) if open_type is None else open_type, choice, k,
+      min(max_depth, n))
+  got = dyck_module._shuffle_tokens(is_open, depth, choice, k, open_type=open_type,
+                                    scalar_width=scalar_width, count_cells=count_cells)
+  assert got.dtype == np.int32 and got.flags.c_contiguous
+  np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("batch, n, k, p_open, max_depth", [
+    (32, 2048, 64, 0.5, 16),  # the benchmark setting
+    (7, 2048, 64, 0.5, 16),
+    (1, 2048, 64, 0.5, 16),   # B = 1
+    (5, 1, 3, 0.5, 4),        # n = 1
+    (6, 2, 3, 0.5, 4),        # n = 2
+    (9, 600, 5, 0.5, 16),     # k < max_depth: at most k distinct types open
+    (4, 700, 70, 0.95, 600),  # deep walks, segments that never return to 0
+    (3, 1100, 4, 0.99, 1050), # the capped walk's loop fallback (max_depth > 1024)
+    (3, 300, 8, 0.9, 10**6),  # the cap never binds
+    (16, 512, 1, 0.5, 16),    # one type
+    (16, 512, 100, 0.3, 3),   # k not a power of two
+])
+def test_dyck_shuffle_generate_equals_the_previous_implementation(batch, n, k, p_open, max_depth):
+  family = make_family("dyck_shuffle", k=k, seq_length=n, p_open=p_open, max_depth=max_depth)
+  keys = _keys(21, batch, "shuffle-equality")
+  np.testing.assert_array_equal(family.generate(keys)["tokens"], _reference_dyck_shuffle(family, keys))
+
+
+def test_shuffle_tokens_scalar_and_vector_paths_agree_on_long_excursions():
+  # p_open 0.6 under a cap of 30: long excursions, many still open at the end of their row; every
+  # switch point between the vectorised steps and the scalar tail must give the same tokens.
+  rng = np.random.default_rng(22)
+  is_open, depth, choice = _random_walk_inputs(rng, 24, 1500, 0.6, 30)
+  expected = _reference_shuffle_tokens(is_open, dyck_module._reduce(choice, 64), choice, 64, 30)
+  for scalar_width in (0, 1, 3, 12, 40, 10**9):
+    got = dyck_module._shuffle_tokens(is_open, depth, choice, 64, scalar_width=scalar_width)
+    np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("params, batch, digest", [
+    (dict(k=64, seq_length=2048, p_open=0.5, max_depth=16), 8,
+     "eb11c02f4341dc13a6a918fc813633fd0fed84d9fe93e857af8df71e70ab7615"),
+    (dict(k=5, seq_length=333, p_open=0.7, max_depth=9), 16,
+     "e339182685e38ff61a3718c9d87c1d67ee338325ce1baa8559a76d1d28f09e14"),
+])
+def test_dyck_shuffle_stream_is_pinned(params, batch, digest):
+  # SHA-256 of the tokens computed by the generator before the excursion-parallel rewrite (helpers
+  # included: walk, draws), so a change to any of them that alters the samples fails here.
+  keys = counter_rng.sample_keys(23, "shuffle-golden", np.arange(batch))
+  tokens = make_family("dyck_shuffle", **params).generate(keys)["tokens"]
+  assert hashlib.sha256(np.ascontiguousarray(tokens, dtype="<i4").tobytes()).hexdigest() == digest
 
 
 # --------------------------------------------------------------------------------------------------
