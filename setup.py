@@ -31,7 +31,8 @@ EXTRAS = {
     # Only data preparation needs these (network, TensorFlow for catalogue datasets).
     "prepare": ["tensorflow-cpu", "datasets", "huggingface_hub", "tokenizers>=0.15"],
     "torch": ["torch>=2.9"],
-    "tpu": ["jax[tpu]>=0.10.2"],
+    # gcsfs: etils/Orbax reach gs:// workdirs and data dirs without TensorFlow.
+    "tpu": ["jax[tpu]>=0.10.2", "gcsfs"],
     "gpu": ["jax[cuda12]>=0.10.2"],
 }
 

@@ -114,13 +114,13 @@ step_setup() {
   local archive=/tmp/procedural_pretraining.tar.gz
   x git -C "$REPO" archive --format=tar.gz -o "$archive" HEAD
   x "${TPU[@]}" scp "$archive" "$NAME:procedural_pretraining.tar.gz" "${WHERE[@]}" --worker=all
-  # gcsfs lets Orbax/etils reach gs:// without TensorFlow.
+  # The tpu extra brings gcsfs: Orbax/etils reach gs:// without TensorFlow.
   x "${TPU[@]}" ssh "$NAME" "${WHERE[@]}" --worker=all --command="set -e; \
 rm -rf ~/procedural_pretraining && mkdir -p ~/procedural_pretraining && \
 tar -xzf ~/procedural_pretraining.tar.gz -C ~/procedural_pretraining && \
 (test -x ~/pp-venv/bin/python || python3 -m venv ~/pp-venv) && \
 ~/pp-venv/bin/pip install --quiet --upgrade pip && \
-cd ~/procedural_pretraining && ~/pp-venv/bin/pip install --quiet -e \".[tpu]\" gcsfs"
+cd ~/procedural_pretraining && ~/pp-venv/bin/pip install --quiet -e \".[tpu]\""
 }
 
 step_run() {

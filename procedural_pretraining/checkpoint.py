@@ -161,10 +161,11 @@ def restore_params(workdir_or_dir: str, step: int | None = None) -> tuple[dict, 
   ``workdir_or_dir`` is a run's workdir or its ``checkpoints`` directory; ``step`` defaults to the
   newest. Raises ``FileNotFoundError`` with the path when there is nothing to restore.
   """
-  directory = workdir_or_dir
-  if os.path.isdir(checkpoint_dir(workdir_or_dir)):
-    directory = checkpoint_dir(workdir_or_dir)
-  if not os.path.isdir(directory):
+  # epath, not os.path: the other run may live in a bucket (``gs://…``, as on TPU VMs).
+  directory = checkpoint_dir(workdir_or_dir)
+  if not epath.Path(directory).is_dir():
+    directory = workdir_or_dir
+  if not epath.Path(directory).is_dir():
     raise FileNotFoundError(f"no checkpoints at {directory}: train that run first")
   manager = ocp.CheckpointManager(
       _absolute(directory), options=ocp.CheckpointManagerOptions(read_only=True),

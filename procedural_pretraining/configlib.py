@@ -9,10 +9,10 @@ string. ``runlocal`` is the shared switch that shrinks a config to laptop size.
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import ml_collections
+from etils import epath
 
 
 class ConfigError(ValueError):
@@ -74,12 +74,15 @@ def to_json_dict(config: ml_collections.ConfigDict) -> dict:
 
 
 def write_resolved(config: ml_collections.ConfigDict, workdir: str) -> str:
-  """Writes the fully resolved config to ``workdir/config.json`` (what was actually run)."""
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, "config.json")
-  with open(path, "w") as f:
-    json.dump(to_json_dict(config), f, indent=2, sort_keys=True)
-  return path
+  """Writes the fully resolved config to ``workdir/config.json`` (what was actually run).
+
+  ``workdir`` may be a URL (``gs://bucket/run``): drivers write there directly through ``epath``.
+  """
+  directory = epath.Path(workdir)
+  directory.mkdir(parents=True, exist_ok=True)
+  path = directory / "config.json"
+  path.write_text(json.dumps(to_json_dict(config), indent=2, sort_keys=True))
+  return str(path)
 
 
 def base_config() -> ml_collections.ConfigDict:

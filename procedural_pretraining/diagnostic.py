@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from etils import epath
 
 from procedural_pretraining import checkpoint, configlib, model, seed_parallel, train, transfer
 from procedural_pretraining.configlib import ConfigError
@@ -131,11 +132,10 @@ def haystack_value_attention(model_config, params, tokens_BxT, loss_mask_BxT) ->
 def run_stage1(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains (or reuses) the stage-1 run and measures its gate; returns a summary dict."""
   stage1_dir = config.stage1_workdir or os.path.join(workdir, "stage1")
-  results_path = os.path.join(stage1_dir, "results.json")
+  results_path = epath.Path(stage1_dir, "results.json")  # epath: the workdir may be gs://…
   finished = False
-  if os.path.exists(results_path):
-    with open(results_path) as f:
-      finished = json.load(f).get("steps") == config.stage1.train.steps
+  if results_path.exists():
+    finished = json.loads(results_path.read_text()).get("steps") == config.stage1.train.steps
   if finished:
     print(f"stage 1: reusing the finished run in {stage1_dir}")
   else:
@@ -198,8 +198,7 @@ def write_table(results: dict, path: str) -> str:
                  f"{100 * acc['best_std']:.1f} % | {100 * em['final_mean']:.1f} % | "
                  f"{acc['take_off']}/{len(acc['final_per_seed'])} | {arm['train_seconds']:.0f} |")
   text = "\n".join(lines) + "\n"
-  with open(path, "w") as f:
-    f.write(text)
+  epath.Path(path).write_text(text)
   return text
 
 
@@ -223,7 +222,8 @@ def plot_curves(results: dict, path: str) -> None:
   ax.legend()
   ax.set_title("mean over seeds; band = min–max")
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  with epath.Path(path).open("wb") as f:
+    fig.savefig(f, format="png", dpi=120)
 
 
 def train_arm(config_dict: dict, arm_name: str, sources: dict, seeds: list[int], *,
@@ -335,8 +335,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     for arm in arms:
       results["arms"][arm.name] = train_arm(config_dict, arm.name, sources, seeds)
   results["wall_seconds"] = time.perf_counter() - started
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(results, f, indent=1)
+  epath.Path(workdir, "results.json").write_text(json.dumps(results, indent=1))
   table = write_table(results, os.path.join(workdir, "results.md"))
   plot_curves(results, os.path.join(workdir, "accuracy.png"))
   print(f"\n{results['task']}, {len(seeds)} seeds, {config.task.train.steps} steps "

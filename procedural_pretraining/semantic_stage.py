@@ -28,6 +28,7 @@ import time
 
 import ml_collections
 import numpy as np
+from etils import epath
 
 from procedural_pretraining import configlib, diagnostic, train, transfer
 from procedural_pretraining.configlib import ConfigError
@@ -85,11 +86,10 @@ def arm_config(config: ml_collections.ConfigDict, arm: str, steps: int,
 def validation_curve(workdir: str, metric: str) -> tuple[np.ndarray, np.ndarray]:
   """``(steps, values)`` of ``metric`` from a run's ``metrics.jsonl`` (last value per step wins)."""
   values = {}
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    for line in f:
-      row = json.loads(line)
-      if metric in row:
-        values[int(row["step"])] = float(row[metric])
+  for line in epath.Path(workdir, "metrics.jsonl").read_text().splitlines():  # workdir may be gs://…
+    row = json.loads(line)
+    if metric in row:
+      values[int(row["step"])] = float(row[metric])
   if not values:
     raise ConfigError(f"{workdir}/metrics.jsonl has no {metric!r}; set config.metric to one of the "
                       "run's validation metrics (e.g. validation/loss, interpolate/loss)")
@@ -145,18 +145,16 @@ def write_table(results: dict, path: str) -> str:
     lines.append(f"| {arm} | {s['final_loss']:.4f} | {s['delta_vs_baseline']:+.4f} | {curve} | "
                  f"{smallest} |")
   text = "\n".join(lines) + "\n"
-  with open(path, "w") as f:
-    f.write(text)
+  epath.Path(path).write_text(text)
   return text
 
 
 def plot(results: dict, path: str) -> None:
-  import matplotlib  # noqa: PLC0415  (only the driver needs matplotlib)
+  # A bare Figure (no pyplot): renders headless without switching the caller's backend.
+  from matplotlib.figure import Figure  # noqa: PLC0415  (only the driver needs matplotlib)
 
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # noqa: PLC0415
-
-  fig, ax = plt.subplots(figsize=(7, 4.5))
+  fig = Figure(figsize=(7, 4.5))
+  ax = fig.subplots()
   for arm, by_fraction in results["runs"].items():
     for fraction, run in sorted(by_fraction.items(), key=lambda kv: float(kv[0])):
       label = arm if float(fraction) == 1.0 else f"{arm} @{float(fraction):.2f}"
@@ -168,8 +166,8 @@ def plot(results: dict, path: str) -> None:
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  with epath.Path(path).open("wb") as f:  # the workdir may be gs://…
+    fig.savefig(f, format="png", dpi=120)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -180,6 +178,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if BASELINE not in arms:
     raise ConfigError("config arms must include 'baseline' (the reference every arm is compared to)")
   fractions = parse_fractions(config.fractions) if config.protocol == "substitutive" else [1.0]
+  # Stage-2 data first: a corpus that is not prepared fails in seconds, not after stage 1 trained
+  # (tokenized corpora are cached, so the arms reuse this work).
+  pipeline.make_data(config.stage2.data, seed=config.stage2.seed,
+                     batch_size=config.stage2.train.batch_size)
   configlib.write_resolved(config, workdir)
   stage1 = None
   if any(arm != BASELINE for arm in arms):
@@ -210,8 +212,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
              "runs": {arm: {str(f): r for f, r in by.items()} for arm, by in runs.items()},
              "analysis": analyse(runs, config.protocol)}
   results["wall_seconds"] = time.perf_counter() - started
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(results, f, indent=1)
+  epath.Path(workdir, "results.json").write_text(json.dumps(results, indent=1))
   table = write_table(results, os.path.join(workdir, "results.md"))
   plot(results, os.path.join(workdir, "validation_loss.png"))
   print(f"\n{config.protocol} (wall {results['wall_seconds']:.0f} s)\n{table}\nplot: "

@@ -1,15 +1,17 @@
 """Tests of the semantic-stage driver (semantic_stage.py): the analysis against hand-computed curves,
-config errors, and an end-to-end miniature on the shipped Shakespeare corpus through the CLI."""
+config errors, a missing corpus, and an end-to-end miniature on the local code corpus through the CLI."""
 
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
 
 from procedural_pretraining import semantic_stage
 from procedural_pretraining.configlib import ConfigError
+from procedural_pretraining.data import tokenizers
 
 
 def test_first_reaching_and_smallest_fraction_hand_examples():
@@ -56,13 +58,23 @@ def test_unknown_arm_component_is_a_config_error():
 
 
 def test_substitutive_miniature_end_to_end(cli, tmp_path):
-  result = cli(tmp_path, "--config=configs/semantic.py:runlocal,protocol=substitutive,fractions=0.5,"
-               "stage1_steps=20,t2_tokens=8192", timeout=900)
+  """Procedural warm-up → transfer → a few semantic steps on the local code corpus (this Python's
+  standard library, byte tokens), both protocols' bookkeeping, and every arm's loss going down."""
+  result = cli(tmp_path, "--config=configs/semantic.py:domain=python_stdlib,runlocal,"
+               "protocol=substitutive,fractions=0.5,stage1_steps=20,t2_tokens=16384", timeout=900)
   assert result.returncode == 0, result.describe()
   results = json.loads((tmp_path / "results.json").read_text())
   runs = results["runs"]
+  # Every arm starts from a fresh (near-zero) head, i.e. the uniform loss ln(vocab) ≈ 5.55 nats on
+  # byte tokens; a few steps on code must bring the validation loss well below it, and down the curve.
+  uniform = math.log(tokenizers.make_tokenizer("bytes").vocab_size)
+  for arm, by_fraction in runs.items():
+    for fraction, run in by_fraction.items():
+      losses = run["losses"]
+      assert losses[-1] < losses[0] and losses[-1] < uniform - 0.3, (arm, fraction, losses, uniform)
+      assert run["final_loss"] == losses[-1]
   assert set(runs) == {"baseline", "attn_mlp_ln"} and set(runs["attn_mlp_ln"]) == {"0.5", "1.0"}
-  assert runs["baseline"]["1.0"]["steps"] == 16 and runs["attn_mlp_ln"]["0.5"]["steps"] == 8
+  assert runs["baseline"]["1.0"]["steps"] == 32 and runs["attn_mlp_ln"]["0.5"]["steps"] == 16
   # Each arm's final loss is the one its own run wrote, and the analysis compares against the baseline.
   baseline = json.loads((tmp_path / "arms" / "baseline" / "results.json").read_text())
   assert results["analysis"]["baseline_final_loss"] == baseline["final"]["validation/loss"]
@@ -71,3 +83,17 @@ def test_substitutive_miniature_end_to_end(cli, tmp_path):
                                                ("wte/embedding", "wpe/embedding")} == {"fresh"}
   assert results["stage1_tokens"] == 20 * 32 * 128
   assert (tmp_path / "validation_loss.png").stat().st_size > 0 and (tmp_path / "results.md").exists()
+
+
+def test_unprepared_stage2_corpus_fails_in_seconds_before_stage1(cli, tmp_path):
+  """domain=c4 reads the TFDS catalog copy c4/en: on a machine without it the driver stops with one
+  line naming the exact prepare step, before training stage 1 (nothing is written)."""
+  empty = tmp_path / "data"
+  empty.mkdir()
+  workdir = tmp_path / "run"
+  result = cli(workdir, "--config=configs/semantic.py:domain=c4,runlocal",
+               f"--config.stage2.data.data_dir={empty}", timeout=120)
+  assert result.returncode == 2, result.describe()
+  message = result.stderr.strip().splitlines()[-1]
+  assert "c4/en" in message and str(empty) in message and "prepare_data.sh --only=c4" in message
+  assert "Traceback" not in result.stderr and not (workdir / "stage1").exists()

@@ -243,7 +243,7 @@ def _load_corpus(cfg, split: str, max_documents: int):
   try:
     return corpora.tokenized_corpus(_corpus_name(cfg, "semantic"), split, cfg.tokenizer,
                                     max_documents=max_documents, **_corpus_dirs(cfg))
-  except (KeyError, ValueError) as e:
+  except (KeyError, ValueError, FileNotFoundError) as e:  # not prepared: the message names the fix
     raise ConfigError(f"data: corpus {_corpus_name(cfg, 'semantic')!r} split {split!r}: {e}") from None
 
 

@@ -24,6 +24,21 @@ DATA_DIR_ENV = "PP_DATA_DIR"
 CACHE_DIR_ENV = "PP_CACHE_DIR"
 PREPARE_HINT = "prepare it once with launch/prepare_data.sh"
 
+
+def prepare_hint(corpus: str) -> str:
+  """The exact ``launch/prepare_data.sh`` step that prepares ``corpus`` (its default steps build
+  c4_hf, dm_math and codeparrot, not the TFDS catalog copies)."""
+  family, _, module = corpus.partition("/")
+  if corpus == "c4/en":
+    return (f"{PREPARE_HINT} --only=c4 (needs TensorFlow, ~800 GB), or train on the reference's "
+            "allenai/c4 shards instead: --only=c4_hf and --config.stage2.data.corpus=c4_hf")
+  if family == "math_dataset":
+    modules = f" --math_modules={module}" if module else ""
+    return f"{PREPARE_HINT} --only=math_dataset{modules} (needs TensorFlow), or use corpus dm_math"
+  if corpus in ("c4_hf", "dm_math", "codeparrot"):
+    return f"{PREPARE_HINT} --only={corpus}"
+  return PREPARE_HINT
+
 # The 56 DM-Math modules of TFDS's ``math_dataset`` catalog configs.
 MATH_DATASET_MODULES = tuple(
     f"{area}__{m}" for area, names in (
@@ -80,6 +95,10 @@ SPECS: dict[str, CorpusSpec] = {
                                         _MATH_FIELDS, "catalog", splits=("train", "test")),
 }
 CORPORA: dict[str, str] = {name: spec.description for name, spec in SPECS.items()}
+
+
+def _name_of(spec: CorpusSpec) -> str:
+  return next(name for name, known in SPECS.items() if known is spec)
 
 
 def corpus_names() -> list[str]:
@@ -154,7 +173,7 @@ def resolve(corpus: str, data_dir: str, *, manual_dir: str | None = None) -> Res
     versions = prepared_versions(data_dir, corpus)
     if not versions:
       raise FileNotFoundError(f"dataset {corpus} is not prepared in {data_dir} (no "
-                              f"{corpus}/<version>/dataset_info.json); {PREPARE_HINT}")
+                              f"{corpus}/<version>/dataset_info.json); {prepare_hint(corpus)}")
     return ResolvedCorpus(corpus, spec, corpus, versions[-1],
                           functools.partial(_open_catalog, f"{corpus}:{versions[-1]}", data_dir))
   tfds_name = spec.builder.name + (f"/{spec.config}" if spec.config else "")
@@ -174,7 +193,7 @@ def _open_built(spec: CorpusSpec, tfds_name: str, data_dir: str, manual_dir: str
   if str(spec.builder.VERSION) not in prepared_versions(data_dir, tfds_name):
     if spec.kind == "manual" and manual_dir is None:
       raise FileNotFoundError(f"dataset {tfds_name} is not built in {data_dir}; build it from its downloaded "
-                              f"files (manual_dir=…) or {PREPARE_HINT}")
+                              f"files (manual_dir=…) or {prepare_hint(_name_of(spec))}")
     if "://" in data_dir:
       raise FileNotFoundError(f"build {tfds_name} into a local data_dir and copy it to {data_dir}")
     lock = os.path.join(data_dir, "." + tfds_name.replace("/", "__") + ".lock")

@@ -307,7 +307,8 @@ def math_problems(split: str, *, data_dir: str, cache_dir: str, modules: Sequenc
                         f"not {split!r}; use corpus='dm_math' for extrapolation")
     names = list(modules) or _catalog_modules(data_dir)
     if not names:
-      raise FileNotFoundError(f"no math_dataset/<module> is prepared in {data_dir}; {sources.PREPARE_HINT}")
+      raise FileNotFoundError(f"no math_dataset/<module> is prepared in {data_dir}; "
+                              f"{sources.prepare_hint('math_dataset')}")
     resolved = [sources.resolve(f"math_dataset/{m}", data_dir) for m in names]
     tfds_split = _CATALOG_MATH_SPLITS[split]
   else:
