@@ -8,7 +8,8 @@ Domains: c4, codeparrot, dm_math (the paper's; prepare their data with launch/pr
 --config.stage2.data.data_dir) and the offline shakespeare, python_stdlib, dm_math_mini (run here).
 protocol=additive (every arm gets T2 semantic tokens) or substitutive (warmed-up arms at fractions of
 T2, each with its own full schedule; the f=1 curve is read too). t2_tokens sets the semantic budget in
-tokens (0: the domain's default). Outputs: results.json, results.md, validation_loss.png.
+tokens (0: the domain's default), t1_tokens the procedural one (0: stage1_steps or the recipe's
+steps). Outputs: results.json, results.md, validation_loss.png.
 """
 
 from procedural_pretraining import configlib, recipes
@@ -17,5 +18,6 @@ from procedural_pretraining import configlib, recipes
 def get_config(arg=None):
   args = configlib.parse_arg(
       arg, domain="shakespeare", pretrain="dyck", arms="baseline+attn_mlp_ln", protocol="additive",
-      fractions="0.5,0.67,0.86", t2_tokens=0, stage1_steps=0, size="", seed=0, runlocal=False)
+      fractions=recipes.SUBSTITUTIVE_FRACTIONS, t2_tokens=0, t1_tokens=0, stage1_steps=0, size="",
+      seed=0, runlocal=False)
   return recipes.semantic(**args.to_dict())

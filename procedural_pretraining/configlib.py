@@ -167,6 +167,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.init.components = "everything"  # what travels: everything, attn+mlp+ln, attn, mlp, embed, …
   c.init.embedding = "average"  # word embeddings when embed/everything travel (method-spec §5.4)
   c.init.train = "everything"  # components left trainable; the rest are frozen (§5.8)
+  # Modular composition (§8.4): more 'component=<workdir>' pairs, comma-separated, merged in order
+  # after `components` from `workdir` (a later pair wins where components overlap).
+  c.init.compose = ""
+  # A control on every transferred tensor (§8.1–8.2), keyed by the run seed: noise<σ>, relnoise<σ>
+  # (σ × each tensor's std) or shuffle.
+  c.init.perturb = ""
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every = 1000  # steps between checkpoints (0: only the final one)

@@ -2,13 +2,14 @@
 → algorithmic task, against a scratch baseline, over many seeds.
 
 One config describes everything (``configs/diagnostic.py``): the stage-1 run (trained into
-``workdir/stage1`` — or reused when it already finished there), a skill gate on it, the arms, the task
-and the seeds. Arms are names like ``baseline``, ``everything``, ``attn``, ``mlp``, ``attn_mlp_ln``;
-components are joined by ``_``; a component may name another run (``attn=A_mlp=B``, with ``A``/``B``
-workdirs in ``config.sources``) for modular composition; a suffix adds a control: ``@noise0.05``
-(absolute σ), ``@relnoise0.1`` (σ × tensor std), ``@shuffle`` (permute every transferred tensor),
-``@entropy0.01`` (attention-sharpening λ, for a scratch arm). All seeds of one arm train in one
-vmapped program (``seed_parallel``). Outputs: ``results.json``, ``results.md`` and ``accuracy.png``.
+``workdir/stage1`` — or reused when it already finished there), a skill gate on it, the arms, the
+task and the seeds. Arms are names like ``baseline``, ``everything``, ``attn``, ``mlp``,
+``attn_mlp_ln``; components are joined by ``_``; a component may name another run (``attn=A_mlp=B``,
+with ``A``/``B`` workdirs in ``config.sources='A=<workdir>,B=<workdir>'``) for modular composition;
+a suffix adds a control: ``@noise0.05`` (absolute σ), ``@relnoise0.1`` (σ × tensor std),
+``@shuffle`` (permute every transferred tensor), ``@entropy0.01`` (attention-sharpening λ, for a
+scratch arm). All seeds of one arm train in one vmapped program (``seed_parallel``). Outputs:
+``results.json``, ``results.md`` and ``accuracy.png``.
 """
 
 from __future__ import annotations
@@ -74,6 +75,32 @@ def parse_arm(name: str) -> Arm:
   if control == "entropy":
     raise ConfigError(f"arm {name!r}: the entropy control is for scratch arms (baseline@entropy…)")
   return Arm(name, tuple(assignments), control, amount)
+
+
+def parse_sources(spec) -> dict[str, str]:
+  """``'A=<workdir>,B=<workdir>'`` → ``{'A': …, 'B': …}``: the runs that composition arms name
+  (a mapping is taken as it is, for Python callers)."""
+  if not isinstance(spec, str):
+    return dict(spec or {})
+  sources = {}
+  for item in filter(None, (part.strip() for part in spec.split(","))):
+    name, sep, workdir = item.partition("=")
+    if not sep or not name or not workdir or not re.fullmatch(r"\w+", name):
+      raise ConfigError(f"config sources={spec!r}: use name=<workdir>[,name=<workdir>…] with word "
+                        "names, e.g. sources=A=/runs/dyck,B=/runs/eca")
+    if name in sources or name == PRETRAINED:
+      raise ConfigError(f"config sources={spec!r}: source name {name!r} is "
+                        f"{'repeated' if name in sources else 'reserved for stage 1'}")
+    sources[name] = workdir
+  return sources
+
+
+def check_sources(arms: list[Arm], sources: dict[str, str]) -> None:
+  """Every run an arm names must be in ``config.sources`` (checked before anything trains)."""
+  missing = {s for arm in arms for _, s in arm.assignments} - {PRETRAINED} - set(sources)
+  if missing:
+    raise ConfigError(f"arms use sources {sorted(missing)} that config.sources does not name "
+                      "(--config.sources=<name>=<workdir of a finished run>[,…])")
 
 
 def parse_arms(spec: str) -> list[Arm]:
@@ -168,14 +195,8 @@ def arm_initial_params(arm: Arm, seeds, model_config, sources: dict, embedding: 
       continue
     assignments = [(component, sources[source], source) for component, source in arm.assignments]
     merged, report = transfer.merge(fresh, assignments, embedding=embedding, train=train_components)
-    if arm.control in ("noise", "relnoise", "shuffle"):
-      key = jax.random.fold_in(jax.random.key(seed), 0x5EED)
-      paths = transfer.select(report)
-      if arm.control == "shuffle":
-        merged = transfer.shuffle_entries(merged, paths, key)
-      else:
-        merged = transfer.add_noise(merged, paths, key, sigma=arm.amount,
-                                    relative=arm.control == "relnoise")
+    if arm.control in transfer.PERTURBATIONS:
+      merged = transfer.perturb_transferred(merged, report, arm.control, arm.amount, seed)
     params.append(jax.tree_util.tree_map(np.asarray, merged))
   trainable = None if report is None else transfer.trainable_tree(params[0], report)
   return params, trainable, report
@@ -302,16 +323,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   started = time.perf_counter()
   arms = parse_arms(config.arms)
   seeds = list(range(config.first_seed, config.first_seed + config.seeds))
-  missing = {s for arm in arms for _, s in arm.assignments} - {PRETRAINED} - set(config.sources)
-  if missing:  # checked before any training
-    raise ConfigError(f"arms use sources {sorted(missing)} that config.sources does not name "
-                      "(--config.sources.<name>=<workdir of a finished run>)")
+  source_dirs = parse_sources(config.sources)
+  check_sources(arms, source_dirs)
   configlib.write_resolved(config, workdir)
   sources, stage1 = {}, None
   if any(not arm.is_scratch for arm in arms):
     stage1 = run_stage1(config, workdir)
     sources[PRETRAINED] = stage1["params"]
-  for name, path in config.sources.items():
+  for name, path in source_dirs.items():
     sources[name] = checkpoint.restore_params(path)[0]
   sources = jax.tree_util.tree_map(np.asarray, sources)
   task = tasks.parse_task(config.task.data.task)

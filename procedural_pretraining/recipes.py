@@ -124,7 +124,7 @@ def diagnostic(*, pretrain: str = "dyck", task: str = "haystack", arms: str = "b
   config.first_seed = first_seed
   config.embedding = embedding
   config.train_components = train
-  config.sources = ml_collections.ConfigDict()  # name -> workdir, for composition arms
+  config.sources = ""  # 'A=<workdir>,B=<workdir>': the runs composition arms (attn=A_mlp=B) name
   config.arm_processes = -1  # worker processes for the arms (-1: one per core on CPU; 0: inline)
   return config
 
@@ -211,15 +211,22 @@ def semantic_stage2(domain: str, *, size: str = "", seed: int = 0,
   return config
 
 
+# Substitutive fractions of T2 (method-spec §6.1 protocol (a)); 1.0 is always added.
+SUBSTITUTIVE_FRACTIONS = "0.5,0.55,0.6,0.67,0.75,0.86"
+
+
 def semantic(*, domain: str = "shakespeare", pretrain: str = "dyck", arms: str = "baseline+attn_mlp_ln",
-             protocol: str = "additive", fractions: str = "0.5,0.67,0.86", t2_tokens: int = 0,
-             stage1_steps: int = 0, size: str = "", seed: int = 0,
+             protocol: str = "additive", fractions: str = SUBSTITUTIVE_FRACTIONS, t2_tokens: int = 0,
+             t1_tokens: int = 0, stage1_steps: int = 0, size: str = "", seed: int = 0,
              runlocal: bool = False) -> ml_collections.ConfigDict:
   """The semantic-stage experiment (``semantic_stage.run``): stage 1 of the same size, arms, protocol.
 
   Stage 1 for the paper's domains is the reference's Dyck recipe for 12_12_768 (k=64, n=2048,
-  32 sequences per step, lr 5e-4 constant, weight decay 0.1, 501 steps — method-spec §3.2); for the
-  offline domains it is the small-model recipe (``stage1``) at the stage-2 width.
+  32 sequences per step, lr 5e-4 constant, weight decay 0.1, 501 steps = T1 32.8 M tokens —
+  method-spec §3.2, §6.1); for the offline domains it is the small-model recipe (``stage1``) at the
+  stage-2 width. Budgets are tokens: ``t1_tokens`` > 0 sets stage 1's steps to
+  ``ceil(t1_tokens / tokens per stage-1 step)`` (resolved by ``semantic_stage.run``, so a
+  ``--config.t1_tokens`` override works too); ``t2_tokens`` is the semantic budget.
   """
   stage2 = semantic_stage2(domain, size=size, seed=seed, runlocal=runlocal)
   config = ml_collections.ConfigDict()
@@ -246,7 +253,9 @@ def semantic(*, domain: str = "shakespeare", pretrain: str = "dyck", arms: str =
   config.arms = arms
   config.protocol = protocol
   config.fractions = fractions
+  config.t1_tokens = t1_tokens  # 0: stage1.train.steps as set
   config.t2_tokens = t2_tokens or stage2.train.steps * stage2.train.batch_size * stage2.data.context
   config.embedding = "average"  # only used by arms that carry embed/everything
+  config.sources = ""  # 'B=<workdir>,…': other runs that composition arms (attn_mlp=B) name
   config.metric = SEMANTIC_DOMAINS[domain]["metric"]
   return config

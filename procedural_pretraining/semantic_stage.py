@@ -12,11 +12,14 @@ arms and the protocol:
   reaches the baseline's final loss), and the f = 1 run's curve is read for the first semantic token
   count at which it reaches that loss (protocol b).
 
-Arms: ``baseline`` (random init) and transfer specs with components joined by ``_``
-(``attn_mlp_ln`` — the paper's default, embeddings and head re-initialised —, ``attn``, ``mlp``,
-``attn_ln`` …). Each arm is an ordinary ``train.run`` into ``<workdir>/arms/<arm>[@<fraction>]`` with
-``config.init`` pointing at stage 1, so it checkpoints, resumes and logs like any run; re-running the
-command reuses finished arms. Outputs: ``results.json``, ``results.md``, ``validation_loss.png``.
+Arms: ``baseline`` (random init) and transfer specs with components joined by ``_`` (``attn_mlp_ln``
+— the paper's default, embeddings and head re-initialised —, ``attn``, ``mlp``, ``attn_ln`` …), in
+the diagnostic suite's full syntax: components from other runs (``attn_mlp=B`` with
+``config.sources='B=<workdir>'``), ``@noise<σ>``, ``@relnoise<σ>``, ``@shuffle`` on the transferred
+weights, ``baseline@entropy<λ>``. Each arm is an ordinary ``train.run`` into
+``<workdir>/arms/<arm>[@<fraction>]`` with ``config.init`` pointing at stage 1, so it checkpoints,
+resumes and logs like any run; re-running the command reuses finished arms. Outputs:
+``results.json``, ``results.md``, ``validation_loss.png``.
 """
 
 from __future__ import annotations
@@ -39,16 +42,17 @@ BASELINE = "baseline"
 
 
 def parse_arms(spec: str) -> list[str]:
+  """Arm names, in the diagnostic suite's syntax (``diagnostic.parse_arm``), validated."""
   arms = [a for a in spec.split("+") if a]
   if not arms:
     raise ConfigError("config arms is empty; e.g. arms=baseline+attn_mlp_ln")
   for arm in arms:
-    if arm != BASELINE:
-      try:
-        transfer.parse_components(arm.replace("_", "+"))
-      except transfer.TransferError as e:
-        raise ConfigError(f"arm {arm!r}: {e}") from None
+    diagnostic.parse_arm(arm)
   return arms
+
+
+def is_scratch(arm: str) -> bool:
+  return diagnostic.parse_arm(arm).is_scratch
 
 
 def parse_fractions(spec: str) -> list[float]:
@@ -68,7 +72,14 @@ def tokens_per_step(stage2: ml_collections.ConfigDict, length: int) -> int:
 
 def arm_config(config: ml_collections.ConfigDict, arm: str, steps: int,
                stage1_dir: str) -> ml_collections.ConfigDict:
-  """The stage-2 ``train.run`` config of one arm with ``steps`` optimizer steps (full schedule)."""
+  """The stage-2 ``train.run`` config of one arm with ``steps`` optimizer steps (full schedule).
+
+  The arm's assignments become ``init``: the first from ``init.workdir``, the rest in order as
+  ``init.compose`` (stage 1 or a run of ``config.sources``); a weight control becomes
+  ``init.perturb`` (keyed by the stage-2 seed) and ``@entropy<λ>`` the entropy regulariser.
+  """
+  parsed = diagnostic.parse_arm(arm)
+  workdirs = {diagnostic.PRETRAINED: stage1_dir} | diagnostic.parse_sources(config.get("sources", ""))
   run_config = copy.deepcopy(config.stage2)
   with run_config.unlocked():
     run_config.train.steps = steps
@@ -76,10 +87,16 @@ def arm_config(config: ml_collections.ConfigDict, arm: str, steps: int,
     run_config.train.eval_every = max(1, min(run_config.train.eval_every, steps))
     run_config.train.log_every = max(1, min(run_config.train.log_every, steps))
     run_config.train.steps_per_dispatch = max(1, min(run_config.train.steps_per_dispatch, steps))
-    if arm != BASELINE:
-      run_config.init.workdir = stage1_dir
-      run_config.init.components = arm.replace("_", "+")
+    if parsed.control == "entropy":
+      run_config.train.attention_entropy_weight = parsed.amount
+    if not parsed.is_scratch:
+      (components, source), *rest = parsed.assignments
+      run_config.init.workdir = workdirs[source]
+      run_config.init.components = components
+      run_config.init.compose = ",".join(f"{c}={workdirs[s]}" for c, s in rest)
       run_config.init.embedding = config.embedding
+      if parsed.control in transfer.PERTURBATIONS:
+        run_config.init.perturb = parsed.control + (f"{parsed.amount:g}" if parsed.amount else "")
   return run_config
 
 
@@ -177,14 +194,18 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   arms = parse_arms(config.arms)
   if BASELINE not in arms:
     raise ConfigError("config arms must include 'baseline' (the reference every arm is compared to)")
+  diagnostic.check_sources([diagnostic.parse_arm(a) for a in arms],
+                           diagnostic.parse_sources(config.get("sources", "")))
   fractions = parse_fractions(config.fractions) if config.protocol == "substitutive" else [1.0]
   # Stage-2 data first: a corpus that is not prepared fails in seconds, not after stage 1 trained
   # (tokenized corpora are cached, so the arms reuse this work).
   pipeline.make_data(config.stage2.data, seed=config.stage2.seed,
                      batch_size=config.stage2.train.batch_size)
+  with config.unlocked():
+    config.stage1.train.steps = stage1_steps(config)
   configlib.write_resolved(config, workdir)
   stage1 = None
-  if any(arm != BASELINE for arm in arms):
+  if any(not is_scratch(arm) for arm in arms):
     stage1 = diagnostic.run_stage1(config, workdir)
   stage1_tokens = 0 if stage1 is None else (
       config.stage1.train.steps * config.stage1.train.batch_size * _stage1_length(config))
@@ -196,7 +217,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   runs: dict[str, dict[float, dict]] = {}
   for arm in arms:
     runs[arm] = {}
-    for fraction in ([1.0] if arm == BASELINE else fractions):
+    for fraction in ([1.0] if is_scratch(arm) else fractions):
       steps = max(1, round(full_steps * fraction))
       name = arm if fraction == 1.0 else f"{arm}@{fraction:g}"
       arm_dir = os.path.join(workdir, "arms", name)
@@ -218,6 +239,18 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   print(f"\n{config.protocol} (wall {results['wall_seconds']:.0f} s)\n{table}\nplot: "
         f"{os.path.join(workdir, 'validation_loss.png')}")
   return results
+
+
+def stage1_steps(config: ml_collections.ConfigDict) -> int:
+  """Stage-1 optimizer steps: ``ceil(t1_tokens / tokens per stage-1 step)`` when the procedural
+  budget is given in tokens (``t1_tokens`` > 0), else ``stage1.train.steps`` as configured."""
+  t1_tokens = config.get("t1_tokens", 0)
+  if t1_tokens < 0:
+    raise ConfigError(f"config t1_tokens={t1_tokens} must be ≥ 0 (0 = stage1.train.steps)")
+  if not t1_tokens:
+    return config.stage1.train.steps
+  step_tokens = config.stage1.train.batch_size * _stage1_length(config)
+  return -(-t1_tokens // step_tokens)
 
 
 def _stage1_length(config: ml_collections.ConfigDict) -> int:

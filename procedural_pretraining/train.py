@@ -568,29 +568,64 @@ def forget_metrics_after(workdir: str, step: int) -> None:
     os.replace(path + ".tmp", path)
 
 
-def init_from_run(init_cfg: ml_collections.ConfigDict, fresh, report_dir: str | None):
-  """Startup precedence (2): params of another run, merged into ``fresh`` by ``transfer.merge``.
+def init_assignments(init_cfg: ml_collections.ConfigDict) -> list[tuple[str, str]]:
+  """``(components, workdir)`` pairs in merge order: ``components`` from ``workdir``, then each
+  ``compose`` pair (``'mlp=<workdir>,ln=<workdir>'``)."""
+  pairs = [(init_cfg.components, init_cfg.workdir)]
+  for item in filter(None, (part.strip() for part in init_cfg.get("compose", "").split(","))):
+    components, sep, workdir = item.partition("=")
+    if not sep or not components or not workdir:
+      raise ConfigError(f"config init.compose={init_cfg.compose!r}: use component=<workdir>[,…], "
+                        "e.g. init.compose=mlp=/runs/b")
+    pairs.append((components, workdir))
+  return pairs
 
-  Only the ``params`` item of the source checkpoint is read (never its optimizer or data state).
+
+def parse_perturbation(spec: str) -> tuple[str, float] | None:
+  """``'noise0.05'`` → ``('noise', 0.05)``, ``'shuffle'`` → ``('shuffle', 0.0)``, ``''`` → None."""
+  if not spec:
+    return None
+  match = re.fullmatch(r"(noise|relnoise)([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)|(shuffle)", spec)
+  if not match:
+    raise ConfigError(f"config init.perturb={spec!r}: use noise<σ>, relnoise<σ> or shuffle "
+                      "(e.g. relnoise0.1)")
+  return (match.group(3), 0.0) if match.group(3) else (match.group(1), float(match.group(2)))
+
+
+def init_from_run(init_cfg: ml_collections.ConfigDict, fresh, report_dir: str | None, seed: int = 0):
+  """Startup precedence (2): params of other runs, merged into ``fresh`` by ``transfer.merge``.
+
+  Only the ``params`` item of each source checkpoint is read (never its optimizer or data state).
   Every target parameter is accounted for in ``<workdir>/transfer.json`` (copied / averaged /
-  fresh / frozen); a shape mismatch or a missing source tensor is an error that names it.
+  fresh / frozen); a shape mismatch or a missing source tensor is an error that names it. An
+  ``init.perturb`` control then acts on every transferred tensor, keyed by ``seed``.
   """
-  source, meta = checkpoint.restore_params(init_cfg.workdir, init_cfg.step or None)
+  pairs = init_assignments(init_cfg)
+  perturbation = parse_perturbation(init_cfg.get("perturb", ""))
+  restored = {}  # workdir → (params, meta): a run named twice is read once
+  for _, workdir in pairs:
+    if workdir not in restored:
+      restored[workdir] = checkpoint.restore_params(workdir, init_cfg.step or None)
   fresh = multihost_utils.process_allgather(fresh, tiled=True)  # whole arrays on every host
   try:
-    merged, report = transfer.merge(fresh, [(init_cfg.components, source, "init")],
-                                    embedding=init_cfg.embedding, train=init_cfg.train)
+    merged, report = transfer.merge(
+        fresh, [(components, restored[workdir][0], workdir) for components, workdir in pairs],
+        embedding=init_cfg.embedding, train=init_cfg.train)
+    if perturbation is not None:
+      merged = transfer.perturb_transferred(merged, report, *perturbation, seed)
   except transfer.TransferError as e:
-    raise ConfigError(f"init from {init_cfg.workdir}: {e}") from None
+    raise ConfigError(f"init from {', '.join(restored)}: {e}") from None
   counts = report.counts()
-  print(f"initialised from {init_cfg.workdir} (step {meta.get('step')}): {init_cfg.components} → "
-        f"{counts}")
+  steps = {workdir: meta.get("step") for workdir, (_, meta) in restored.items()}
+  print(f"initialised from {' + '.join(f'{c} of {w} (step {steps[w]})' for c, w in pairs)}"
+        f"{f' with {init_cfg.perturb}' if perturbation else ''} → {counts}")
   if report_dir is not None:
     with open(os.path.join(report_dir, "transfer.json"), "w") as f:
-      json.dump({"source": init_cfg.workdir, "source_step": meta.get("step"),
-                 "components": init_cfg.components, "embedding": init_cfg.embedding,
-                 "train": init_cfg.train, "counts": counts, "status": report.status,
-                 "trainable": report.trainable}, f, indent=2)
+      json.dump({"source": init_cfg.workdir, "source_step": steps[init_cfg.workdir],
+                 "components": init_cfg.components, "compose": init_cfg.get("compose", ""),
+                 "source_steps": steps, "perturb": init_cfg.get("perturb", ""),
+                 "embedding": init_cfg.embedding, "train": init_cfg.train, "counts": counts,
+                 "status": report.status, "trainable": report.trainable}, f, indent=2)
   return merged  # host arrays; fit places them on the run's parameter shardings
 
 
@@ -655,7 +690,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       forget_metrics_after(logs, 0)  # rows of a run that died before its first checkpoint
     params = init_params(model_config, config.seed, mesh)
     if config.init.workdir:
-      params = init_from_run(config.init, params, logs if primary else None)
+      params = init_from_run(config.init, params, logs if primary else None, config.seed)
   meta = {"config": configlib.to_json_dict(config), "model": model_config.size,
           "vocab_size": model_config.vocab_size, "n_positions": model_config.n_positions}
 

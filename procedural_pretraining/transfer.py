@@ -252,6 +252,22 @@ def shuffle_entries(params, paths: Sequence[str], key: jax.Array):
   return jax.tree_util.tree_map_with_path(shuffle, params)
 
 
+PERTURBATIONS = ("noise", "relnoise", "shuffle")
+PERTURBATION_KEY = 0x5EED  # folded into the run seed's key: perturbations never reuse an init key
+
+
+def perturb_transferred(params, report: TransferReport, kind: str, amount: float, seed: int):
+  """Applies a §8 control to every transferred tensor of ``report``, keyed by the run ``seed``:
+  ``noise`` (σ = ``amount``), ``relnoise`` (σ = ``amount`` × each tensor's std) or ``shuffle``."""
+  if kind not in PERTURBATIONS:
+    raise TransferError(f"unknown perturbation {kind!r}; use one of {', '.join(PERTURBATIONS)}")
+  key = jax.random.fold_in(jax.random.key(seed), PERTURBATION_KEY)
+  paths = select(report)
+  if kind == "shuffle":
+    return shuffle_entries(params, paths, key)
+  return add_noise(params, paths, key, sigma=amount, relative=kind == "relnoise")
+
+
 def select(report: TransferReport, components: str | Sequence[str] = "everything") -> list[str]:
   """Transferred paths within ``components`` (what a perturbation should act on)."""
   components = parse_components(components)

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from procedural_pretraining import semantic_stage
+from procedural_pretraining import diagnostic, recipes, semantic_stage, train
 from procedural_pretraining.configlib import ConfigError
 from procedural_pretraining.data import tokenizers
 
@@ -50,6 +50,23 @@ def test_bad_fractions_are_config_errors(spec):
 
 def test_fractions_always_include_the_full_budget():
   assert semantic_stage.parse_fractions("0.67,0.5") == [0.5, 0.67, 1.0]
+
+
+def test_t1_tokens_become_whole_stage1_steps():
+  config = recipes.semantic(runlocal=True)
+  per_step = config.stage1.train.batch_size * config.stage1.data.params.seq_length  # Dyck rows
+  assert semantic_stage.stage1_steps(config) == config.stage1.train.steps  # t1_tokens = 0
+  for t1_tokens, steps in ((per_step, 1), (per_step + 1, 2), (5 * per_step - 1, 5)):
+    config.t1_tokens = t1_tokens
+    assert semantic_stage.stage1_steps(config) == steps
+  config.t1_tokens = -1
+  with pytest.raises(ConfigError, match="t1_tokens"):
+    semantic_stage.stage1_steps(config)
+
+
+def test_default_fractions_are_the_protocols_grid():
+  config = recipes.semantic(protocol="substitutive")
+  assert semantic_stage.parse_fractions(config.fractions) == [0.5, 0.55, 0.6, 0.67, 0.75, 0.86, 1.0]
 
 
 def test_unknown_arm_component_is_a_config_error():
@@ -97,3 +114,37 @@ def test_unprepared_stage2_corpus_fails_in_seconds_before_stage1(cli, tmp_path):
   message = result.stderr.strip().splitlines()[-1]
   assert "c4/en" in message and str(empty) in message and "prepare_data.sh --only=c4" in message
   assert "Traceback" not in result.stderr and not (workdir / "stage1").exists()
+
+
+def test_arms_take_the_diagnostic_suites_transfer_specs():
+  """Composition, weight controls and the entropy control map onto the arm's train.run config."""
+  config = recipes.semantic(runlocal=True)
+  config.sources = "B=/runs/b,C=/runs/c"
+  plain = semantic_stage.arm_config(config, "attn_mlp_ln", 10, "/runs/stage1")
+  assert (plain.init.workdir, plain.init.components, plain.init.compose, plain.init.perturb) == (
+      "/runs/stage1", "attn", "mlp=/runs/stage1,ln=/runs/stage1", "")
+  composed = semantic_stage.arm_config(config, "attn=B_mlp=C_ln@relnoise0.1", 10, "/runs/stage1")
+  assert (composed.init.workdir, composed.init.components, composed.init.compose,
+          composed.init.perturb) == ("/runs/b", "attn", "mlp=/runs/c,ln=/runs/stage1", "relnoise0.1")
+  assert semantic_stage.arm_config(config, "mlp@shuffle", 10, "/s").init.perturb == "shuffle"
+  entropy = semantic_stage.arm_config(config, "baseline@entropy0.01", 10, "/s")
+  assert entropy.train.attention_entropy_weight == 0.01 and entropy.init.workdir == ""
+  assert plain.train.attention_entropy_weight == 0.0
+  # The init the arm config describes is the one train.init_from_run merges, in that order.
+  assert train.init_assignments(composed.init) == [("attn", "/runs/b"), ("mlp", "/runs/c"),
+                                                   ("ln", "/runs/stage1")]
+  assert train.parse_perturbation(composed.init.perturb) == ("relnoise", 0.1)
+
+
+def test_arm_sources_are_checked_before_anything_trains(tmp_path):
+  config = recipes.semantic(runlocal=True, arms="baseline+attn=B")
+  with pytest.raises(ConfigError, match="sources"):
+    semantic_stage.run(config, str(tmp_path))
+  assert not (tmp_path / "stage1").exists()
+  for bad in ("B", "B=", "=x", "pretrained=/x", "B=/x,B=/y"):
+    with pytest.raises(ConfigError, match="sources"):
+      diagnostic.parse_sources(bad)
+  assert diagnostic.parse_sources("B=/x, C=gs://b/run") == {"B": "/x", "C": "gs://b/run"}
+  for bad in ("noise", "gauss0.1", "shuffle1"):
+    with pytest.raises(ConfigError, match="perturb"):
+      train.parse_perturbation(bad)

@@ -549,3 +549,57 @@ def test_arm_initial_params_composes_perturbs_and_freezes(two_sources):
   assert not np.array_equal(_flat(params[0])["h/0/mlp/c_fc/kernel"],
                             _flat(params[1])["h/0/mlp/c_fc/kernel"]), "seeds share one shuffle"
   assert report.status["h/1/attn/c_proj/bias"] == "copied:A"
+
+
+# ------------------------------------------------------------------------------------------------
+# train.init_from_run: composition from several runs and a weight control (what semantic arms use)
+
+
+def _saved_run(workdir, config: GPT2Config, seed: int) -> dict:
+  from procedural_pretraining import checkpoint, configlib  # noqa: PLC0415
+
+  params = model.init_params(config, jax.random.key(seed))
+  train_cfg = configlib.base_config().train
+  state = train.init_state(params, train.make_optimizer(train_cfg, params))
+  ckpt = checkpoint.Checkpointer(str(workdir))
+  ckpt.save(state, data_state={"next_step": 0}, meta={"step": 0})
+  ckpt.close()
+  return jax.tree_util.tree_map(np.asarray, params)
+
+
+def test_init_from_run_composes_runs_in_order_and_perturbs_only_transferred(tmp_path):
+  from procedural_pretraining import configlib  # noqa: PLC0415
+
+  config = GPT2Config.from_size("2_2_16", vocab_size=13, n_positions=9)
+  run_a = _saved_run(tmp_path / "a", config, seed=1)
+  run_b = _saved_run(tmp_path / "b", config, seed=2)
+  fresh = jax.tree_util.tree_map(np.asarray, model.init_params(config, jax.random.key(3)))
+  init = configlib.base_config().init
+  init.workdir, init.components = str(tmp_path / "a"), "attn"
+  init.compose = f"mlp={tmp_path / 'b'},ln={tmp_path / 'a'}"
+  merged = train.init_from_run(init, fresh, str(tmp_path), seed=0)
+  flat = lambda tree: {transfer.path_str(p): np.asarray(v)  # noqa: E731
+                       for p, v in jax.tree_util.tree_leaves_with_path(tree)}
+  merged, a, b, f = flat(merged), flat(run_a), flat(run_b), flat(fresh)
+  for path, value in merged.items():
+    expected = (a if "/attn/" in path or "ln_" in path else b if "/mlp/" in path else f)[path]
+    np.testing.assert_array_equal(value, expected, err_msg=path)
+  # The same merge with relnoise: transferred tensors move by ≈ 0.1 × their std, the rest not at all.
+  init.perturb = "relnoise0.1"
+  noisy = flat(train.init_from_run(init, fresh, str(tmp_path), seed=0))
+  again = flat(train.init_from_run(init, fresh, str(tmp_path), seed=0))
+  other_seed = flat(train.init_from_run(init, fresh, str(tmp_path), seed=1))
+  moved = 0
+  for path, value in noisy.items():
+    np.testing.assert_array_equal(value, again[path])  # keyed by the seed: reproducible
+    delta = value - merged[path]
+    if path.startswith(("wte", "wpe")):
+      assert not delta.any(), path  # fresh, not transferred: never perturbed
+    elif np.std(merged[path]) > 0 and delta.size >= 64:
+      assert 0.05 < np.std(delta) / np.std(merged[path]) < 0.2, path
+      assert not np.array_equal(value, other_seed[path]), path
+      moved += 1
+  assert moved >= 8
+  with pytest.raises(ConfigError, match="compose"):
+    init.compose = "mlp"
+    train.init_from_run(init, fresh, str(tmp_path))
