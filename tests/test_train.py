@@ -679,9 +679,9 @@ def test_init_from_run_copies_the_components_freezes_the_rest_and_reports(source
     is_mlp_or_ln = "/mlp/" in path or "ln_" in path.split("/")[-2] or path.startswith("ln_f")
     if is_mlp_or_ln:  # copied and frozen: bit-identical to the source after training
       np.testing.assert_array_equal(value, src[path], err_msg=path)
-      assert report["status"][path] == "copied:init" and not report["trainable"][path]
+      assert report["status"][path] == f"copied:{source_dir}" and not report["trainable"][path]
     elif is_attn:  # copied, trainable: moved away from the source
-      assert report["status"][path] == "copied:init" and report["trainable"][path]
+      assert report["status"][path] == f"copied:{source_dir}" and report["trainable"][path]
     else:  # embeddings: fresh from this run's seed, frozen (only attn trains)
       np.testing.assert_array_equal(value, fresh[path], err_msg=path)
       assert report["status"][path] == "fresh"
