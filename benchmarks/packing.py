@@ -1,6 +1,6 @@
 """Packing throughput: windows/s and tokens/s of the semantic-stage layouts vs what a trainer eats.
 
-  .venv/bin/python benchmarks/packing.py [--quick] [--consume=250000]
+  .venv/bin/python benchmarks/packing.py [--quick] [--consume=250000] [--trainer=12_12_768:8:1024]
 
 On synthetic data of realistic shape (method-spec §6):
 
@@ -17,7 +17,8 @@ Each row prints the median time per batch over reps (CPU time of this process, s
 the machine does not inflate it), windows/s and tokens/s, and how many times faster than
 ``--consume`` tokens/s (a trainer's appetite; the default 250k tokens/s is about a GPT-2 124M step
 of 32 × 2048 tokens every quarter second on one modern accelerator). One data thread must stay well
-above 1×; the trainer reads ahead with grain threads.
+above 1×; the trainer reads ahead with grain threads. ``--trainer=12_12_768:8:1024`` adds a column
+against the real jitted train step of that shape timed on this machine (GPT-2 vocabulary).
 """
 
 from __future__ import annotations
@@ -88,21 +89,39 @@ def timed(fn, reps: int) -> float:
   return statistics.median(times)
 
 
-def row(name: str, seconds: float, windows: int, tokens: int, consume: float) -> str:
+def row(name: str, seconds: float, windows: int, tokens: int, consume: float,
+        measured: float | None) -> str:
   rate = tokens / seconds
+  here = f" {rate / measured:,.0f}× |" if measured else ""
   return (f"| {name} | {seconds * 1e3:.2f} | {windows / seconds:,.0f} | {rate / 1e6:.2f} | "
-          f"{rate / consume:.0f}× |")
+          f"{rate / consume:.0f}× |{here}")
+
+
+def trainer_rate(spec: str) -> float:
+  """Tokens/s of the real jitted train step on this machine (``size:batch:length[:vocab]``)."""
+  from train_step import bench_shape  # the train-step benchmark's own timing
+
+  size, batch, length, *vocab = spec.split(":")
+  seconds, _, _ = bench_shape(size, int(batch), int(length), int(vocab[0]) if vocab else 50257, 1, 1)
+  print(f"trainer here: {size} at {batch} × {length}: {seconds:.1f} s/step")
+  return int(batch) * int(length) / seconds
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--quick", action="store_true", help="smaller data and fewer reps")
   parser.add_argument("--consume", type=float, default=250_000, help="trainer tokens/s to compare with")
+  parser.add_argument("--trainer", default="",
+                      help="also compare with the train step measured here, size:batch:length[:vocab] "
+                           "(e.g. 12_12_768:8:1024, the CodeParrot stage; ~2 minutes on 2 cores)")
   args = parser.parse_args()
+  measured = trainer_rate(args.trainer) if args.trainer else None
   reps = 5 if args.quick else 30
   corpus_tokens = 5_000_000 if args.quick else 50_000_000
   problem_count = 100_000 if args.quick else 1_000_000
-  lines = ["| layout | ms / batch | windows/s | M tokens/s | vs trainer |", "|---|---|---|---|---|"]
+  extra = measured is not None
+  lines = ["| layout | ms / batch | windows/s | M tokens/s | vs trainer |" + (" vs trainer here |" * extra),
+           "|---|---|---|---|---|" + ("---|" * extra)]
   with tempfile.TemporaryDirectory() as directory:
     corpus = make_corpus(directory, corpus_tokens)
     c4 = packing.ConcatSplit(corpus, 2048, None, seed=0)
@@ -112,7 +131,7 @@ def main():
                                ("concat-split code (T=1024, B=8, EOS after)", code, 8)):
       seconds = timed(lambda s, split=split, batch=batch: split.get_batch(
           (np.arange(batch) + s * batch) * stride % (3 * split.num_windows)), reps)
-      lines.append(row(name, seconds, batch, batch * split.window, args.consume))
+      lines.append(row(name, seconds, batch, batch * split.window, args.consume, measured))
 
     problems = make_problems(problem_count)
     start = time.process_time()
@@ -120,7 +139,7 @@ def main():
     epoch = math.epoch(0)
     build = time.process_time() - start
     seconds = timed(lambda s: math.get_batch(np.arange(8) + s * 997 % (epoch.num_windows - 8)), reps)
-    lines.append(row("dm_math (T=512, B=8)", seconds, 8, 8 * 512, args.consume))
+    lines.append(row("dm_math (T=512, B=8)", seconds, 8, 8 * 512, args.consume, measured))
 
     cfg = configlib.base_config().data
     cfg.update({"family": "dyck", "params": {"k": 16, "seq_length": 128}, "eval_samples": 8})
@@ -128,7 +147,7 @@ def main():
     dyck = pipeline.procedural_component(cfg, 0, "dyck")
     mixture = pipeline.build_mixture([text, dyck], [(0, {"c4": 0.999, "dyck": 0.001})], batch_size=32)
     seconds = timed(lambda s: mixture.train_batch(1000 + s * 31), reps)
-    lines.append(row("mixture c4 99.9 % + dyck 0.1 % (B=32)", seconds, 32, 32 * 2048, args.consume))
+    lines.append(row("mixture c4 99.9 % + dyck 0.1 % (B=32)", seconds, 32, 32 * 2048, args.consume, measured))
   print("\n".join(lines))
   print(f"\nDM-Math epoch build ({math.num_problems:,} problems → {epoch.num_windows:,} windows, order + "
         f"greedy boundaries): {build:.2f} s CPU, once per epoch; corpus {corpus_tokens / 1e6:.0f}M tokens.")

@@ -151,6 +151,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.grad_clip = 1.0
   c.train.attention_entropy_weight = 0.0  # λ of the attention-sharpening control (§8.3)
   c.train.loss_positions = 0  # >0: last block/head only at that many loss positions per row
+  c.train.loss_chunk_size = 0  # >0: head + cross-entropy that many positions at a time (big V)
   c.train.log_every = 50
   c.train.eval_every = 500
 

@@ -45,6 +45,42 @@ def token_metrics(logits_BxPxV: jax.Array, batch: dict, positions_BxP: jax.Array
   carry ``problem_id`` (1-based problem number within the row at its answer positions, else 0): then
   ``problems_right``/``problems`` count whole problems answered right (every answer character).
   """
+  targets, masks = _targets_and_masks(batch, positions_BxP)
+  nll, correct = _nll_and_correct(logits_BxPxV.astype(jnp.float32), targets)
+  return _metric_sums(nll, correct, *masks)
+
+
+def chunked_token_metrics(hidden_BxPxD: jax.Array, head_DxV: jax.Array, batch: dict,
+                          positions_BxP: jax.Array | None = None, *, chunk_size: int):
+  """``token_metrics`` of ``hidden @ head`` without ever holding the ``[B, P, V]`` logits.
+
+  The positions are cut into chunks of ``chunk_size`` (the last one padded); a ``lax.scan`` applies
+  the head to one chunk at a time under ``jax.checkpoint``, so the forward keeps only per-position
+  losses and the backward recomputes each chunk's logits: peak memory ``B × chunk_size × V`` instead
+  of ``B × P × V``, the difference between fitting and not at V = 50257, T = 2048. The batch axis is
+  left alone, so a batch sharded over devices stays sharded.
+  """
+  targets, masks = _targets_and_masks(batch, positions_BxP)
+  batch_size, num_positions, width = hidden_BxPxD.shape
+  chunk = max(1, min(chunk_size, num_positions))
+  num_chunks = -(-num_positions // chunk)
+  pad = num_chunks * chunk - num_positions
+  by_chunk = lambda x: jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2)).reshape(
+      batch_size, num_chunks, chunk, *x.shape[2:]).swapaxes(0, 1)
+
+  @jax.checkpoint
+  def one_chunk(hidden_BxCxD, targets_BxC):
+    logits = jnp.einsum("bcd,dv->bcv", hidden_BxCxD, head_DxV, preferred_element_type=jnp.float32)
+    return _nll_and_correct(logits, targets_BxC)
+
+  _, (nll, correct) = jax.lax.scan(lambda _, xs: (None, one_chunk(*xs)), None,
+                                   (by_chunk(hidden_BxPxD), by_chunk(targets)))
+  unchunk = lambda x: x.swapaxes(0, 1).reshape(batch_size, num_chunks * chunk)[:, :num_positions]
+  return _metric_sums(unchunk(nll), unchunk(correct), *masks)
+
+
+def _targets_and_masks(batch: dict, positions_BxP: jax.Array | None):
+  """The next-token targets and ``(loss, answer, problem_id)`` masks, at ``positions_BxP`` if given."""
   targets = shifted_targets(batch["tokens"])
   loss_mask = prediction_mask(batch["loss_mask"]).astype(jnp.float32)
   answer_mask = prediction_mask(batch.get("answer_mask", batch["loss_mask"])).astype(jnp.float32)
@@ -53,20 +89,28 @@ def token_metrics(logits_BxPxV: jax.Array, batch: dict, positions_BxP: jax.Array
     gather = lambda x: jnp.take_along_axis(x, positions_BxP, axis=1)
     targets, loss_mask, answer_mask = gather(targets), gather(loss_mask), gather(answer_mask)
     problem_id = None if problem_id is None else gather(problem_id)
-  log_probs = jax.nn.log_softmax(logits_BxPxV.astype(jnp.float32), axis=-1)
+  return targets, (loss_mask, answer_mask, problem_id)
+
+
+def _nll_and_correct(logits_fp32: jax.Array, targets: jax.Array):
+  log_probs = jax.nn.log_softmax(logits_fp32, axis=-1)
   nll = -jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
-  correct = (jnp.argmax(logits_BxPxV, axis=-1) == targets).astype(jnp.float32)
+  correct = (jnp.argmax(logits_fp32, axis=-1) == targets).astype(jnp.float32)
+  return nll, correct
+
+
+def _metric_sums(nll_BxP, correct_BxP, loss_mask, answer_mask, problem_id) -> dict:
   has_answer = answer_mask.sum(axis=1) > 0
-  all_right = jnp.all((correct > 0) | (answer_mask == 0), axis=1) & has_answer
+  all_right = jnp.all((correct_BxP > 0) | (answer_mask == 0), axis=1) & has_answer
   sums = {
-      "loss_sum": (nll * loss_mask).sum(),
+      "loss_sum": (nll_BxP * loss_mask).sum(),
       "loss_tokens": loss_mask.sum(),
-      "correct": (correct * loss_mask).sum(),
+      "correct": (correct_BxP * loss_mask).sum(),
       "exact": all_right.sum().astype(jnp.float32),
       "sequences": has_answer.sum().astype(jnp.float32),
   }
   if problem_id is not None:
-    sums.update(problem_sums(correct > 0, problem_id))
+    sums.update(problem_sums(correct_BxP > 0, problem_id))
   return sums
 
 

@@ -236,7 +236,7 @@ class GPT2(nnx.Module):
 
   def __call__(self, tokens_BxT: jax.Array, *, attention_mask_BxT: jax.Array | None = None,
                query_positions_BxP: jax.Array | None = None, dropout_key: jax.Array | None = None,
-               return_attention: bool = False):
+               return_attention: bool = False, return_hidden: bool = False):
     """Logits ``[B, T, V]`` (or ``[B, P, V]`` at ``query_positions_BxP``).
 
     Args:
@@ -246,6 +246,8 @@ class GPT2(nnx.Module):
         work when the loss is sparse (one answer position in Haystack).
       dropout_key: enables dropout (training); ``None`` = deterministic.
       return_attention: also return the per-layer attention probabilities ``[B, H, Q, T]``.
+      return_hidden: return ``(hidden [B, T, D] after ln_f, head [D, V])`` instead of the logits,
+        so a loss can apply the head a chunk at a time and never hold ``[B, T, V]``.
     """
     config = self.config
     length = tokens_BxT.shape[1]
@@ -265,15 +267,24 @@ class GPT2(nnx.Module):
       attentions.append(probs)
     if query_positions_BxP is not None and config.n_layer == 0:
       h = jnp.take_along_axis(h, query_positions_BxP[..., None], axis=1)
-    h = self.ln_f(h)
-    if config.tie_word_embeddings:
-      logits = jnp.einsum("btd,vd->btv", h.astype(config.dtype),
-                          self.wte.embedding[...].astype(config.dtype),
-                          preferred_element_type=jnp.float32)
+    h = self.ln_f(h).astype(config.dtype)
+    head_DxV = self.head_matrix()
+    if return_hidden:  # the caller applies the head itself (chunked cross-entropy)
+      outputs = (h, head_DxV)
     else:
-      logits = self.lm_head(h.astype(config.dtype))
-    logits = logits.astype(jnp.float32)
-    return (logits, attentions) if return_attention else logits
+      outputs = logits_from_hidden(h, head_DxV)
+    return (outputs, attentions) if return_attention else outputs
+
+  def head_matrix(self) -> jax.Array:
+    """The LM head ``[D, V]`` in the compute dtype: ``wte`` transposed when tied."""
+    if self.config.tie_word_embeddings:
+      return self.wte.embedding[...].T.astype(self.config.dtype)
+    return self.lm_head.kernel[...].astype(self.config.dtype)
+
+
+def logits_from_hidden(hidden_BxTxD: jax.Array, head_DxV: jax.Array) -> jax.Array:
+  """fp32 logits of the final hidden states (products in the compute dtype, fp32 accumulation)."""
+  return jnp.einsum("btd,dv->btv", hidden_BxTxD, head_DxV, preferred_element_type=jnp.float32)
 
 
 def init_model(config: GPT2Config, seed_or_key: int | jax.Array) -> GPT2:

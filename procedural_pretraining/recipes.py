@@ -194,6 +194,9 @@ def semantic_stage2(domain: str, *, size: str = "", seed: int = 0,
   config.train.eval_every = max(1, d["steps"] // 20)
   config.train.log_every = max(1, d["steps"] // 100)
   config.train.steps_per_dispatch = 10 if d["size"] == "2_4_64" else 1
+  # GPT-2's 50257-entry head: fp32 logits of a 32×2048 batch are 13 GB (×3 in the loss); 256
+  # positions at a time are 1.6 GB, at the same loss and gradients (benchmarks/loss_memory.py).
+  config.train.loss_chunk_size = 256 if d["tokenizer"] == "gpt2" else 0
   config.checkpoint.every = max(1, d["steps"] // 5)
   if runlocal:
     config.model.size = size or "2_4_16"

@@ -97,6 +97,7 @@ def fit_seeds(tcfg: ml_collections.ConfigDict, *, model_config: model.GPT2Config
   tx = train.make_optimizer(tcfg, params[0], trainable)
   functions = train.make_step_functions(model_config, tx, train.make_schedule(tcfg),
                                         loss_positions=tcfg.loss_positions,
+                                        loss_chunk_size=tcfg.loss_chunk_size,
                                         attention_entropy_weight=tcfg.attention_entropy_weight)
   micro_batch = tcfg.batch_size // tcfg.grad_accum
   eval_sizes = [len(next(iter(batch.values()))) for group in eval_sets for batch in group]

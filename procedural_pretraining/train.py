@@ -109,6 +109,7 @@ class StepFunctions:
 
 def make_step_functions(model_config: model.GPT2Config, tx: optax.GradientTransformation,
                         schedule: optax.Schedule, *, loss_positions: int = 0,
+                        loss_chunk_size: int = 0,
                         attention_entropy_weight: float = 0.0) -> StepFunctions:
   """Builds the train and eval steps.
 
@@ -117,6 +118,10 @@ def make_step_functions(model_config: model.GPT2Config, tx: optax.GradientTransf
 
   ``loss_positions > 0`` computes the last block, ``ln_f`` and the head only at the first that many
   loss-bearing positions of each row (exact, as long as no row has more; ``overflow`` counts any).
+
+  ``loss_chunk_size > 0`` applies the head and the cross-entropy that many positions at a time
+  (``evaluate.chunked_token_metrics``): the same sums and gradients without the ``[B, T, V]`` logits,
+  which at V = 50257 are the largest tensor of the step.
   """
 
   def forward_sums(params, batch, dropout_key):
@@ -124,9 +129,15 @@ def make_step_functions(model_config: model.GPT2Config, tx: optax.GradientTransf
     if loss_positions:
       positions, overflow = evaluate.loss_positions(batch, loss_positions)
     outputs = model.apply(model_config, params, batch["tokens"], query_positions_BxP=positions,
-                          dropout_key=dropout_key, return_attention=attention_entropy_weight > 0)
-    logits, attentions = outputs if attention_entropy_weight > 0 else (outputs, None)
-    sums = evaluate.token_metrics(logits, batch, positions)
+                          dropout_key=dropout_key, return_attention=attention_entropy_weight > 0,
+                          return_hidden=loss_chunk_size > 0)
+    outputs, attentions = outputs if attention_entropy_weight > 0 else (outputs, None)
+    if loss_chunk_size > 0:
+      hidden, head = outputs
+      sums = evaluate.chunked_token_metrics(hidden, head, batch, positions,
+                                            chunk_size=loss_chunk_size)
+    else:
+      sums = evaluate.token_metrics(outputs, batch, positions)
     sums["overflow"] = jnp.float32(0) if overflow is None else overflow.sum().astype(jnp.float32)
     if attentions is not None:
       sums["attention_entropy"] = evaluate.attention_entropy(attentions)
@@ -211,6 +222,8 @@ def validate_train_config(cfg: ml_collections.ConfigDict) -> None:
   require(cfg.lr > 0, f"config train.lr={cfg.lr} must be > 0")
   require(0.0 <= cfg.min_lr_ratio <= 1.0, "config train.min_lr_ratio must be in [0, 1]")
   require(cfg.warmup_steps >= 0, "config train.warmup_steps must be ≥ 0")
+  require(cfg.loss_chunk_size >= 0,
+          f"config train.loss_chunk_size={cfg.loss_chunk_size} must be ≥ 0 (0 = unchunked)")
 
 
 def stack_dispatch(batches: list[dict], grad_accum: int) -> dict:
@@ -324,6 +337,7 @@ def fit(config: ml_collections.ConfigDict, *, data, model_config: model.GPT2Conf
   tx = make_optimizer(tcfg, params, trainable)
   functions = make_step_functions(model_config, tx, make_schedule(tcfg),
                                   loss_positions=tcfg.loss_positions,
+                                  loss_chunk_size=tcfg.loss_chunk_size,
                                   attention_entropy_weight=tcfg.attention_entropy_weight)
   state_sh = state_shardings(tcfg, model_config, mesh, params, trainable)
   replicated = sharding.replicated(mesh)
@@ -639,6 +653,42 @@ def frozen_mask(init_cfg: ml_collections.ConfigDict, params):
       lambda path, _: transfer.matches(components, transfer.path_str(path)), params)
 
 
+# Keys that say where data lives or how evaluation is batched, not which rows a step trains on.
+_NOT_THE_STREAM = ("data_dir", "cache_dir", "eval_batch_size")
+
+
+def data_stream_keys(config_dict: dict) -> dict:
+  """The flat ``{path: value}`` that decides every training batch: the data position is the step, so
+  batch ``s`` is a pure function of these (seed, batch size, the whole data config but locations)."""
+  flat = {"seed": config_dict.get("seed"),
+          "train.batch_size": config_dict.get("train", {}).get("batch_size")}
+
+  def walk(tree, prefix):
+    for key, value in tree.items():
+      if isinstance(value, dict) and value:
+        walk(value, f"{prefix}{key}.")
+      elif key not in _NOT_THE_STREAM:
+        flat[f"{prefix}{key}"] = value
+  walk(config_dict.get("data", {}), "data.")
+  return flat
+
+
+def check_same_data_stream(saved_config: dict | None, config: ml_collections.ConfigDict,
+                           directory: str) -> None:
+  """Refuses to resume a checkpoint under a config whose training batches differ (another mixture,
+  stage, family, seed or batch size): the run would silently continue on other data. Extending
+  ``train.steps``, changing evaluation or the mesh is fine."""
+  if saved_config is None:  # a checkpoint written before configs were saved with it
+    return
+  saved, now = data_stream_keys(saved_config), data_stream_keys(configlib.to_json_dict(config))
+  changed = [f"{k}: saved {saved.get(k)!r}, now {now.get(k)!r}"
+             for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
+  if changed:
+    raise ConfigError(f"{directory} was trained on another data stream ({'; '.join(changed)}); "
+                      "resuming would continue on different data: restore those values or use a "
+                      "new --workdir")
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """One training run end to end: data → model → (resume) → fit → checkpoint → ``results.json``.
 
@@ -676,7 +726,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   layout = {"host_count": jax.process_count(), "device_count": jax.device_count(),
             "mesh": {k: int(v) for k, v in mesh.shape.items()}}
   if restored is not None:
-    state, data_state, _ = restored
+    state, data_state, saved_meta = restored
+    check_same_data_stream(saved_meta.get("config"), config, checkpointer.directory)
     params = state["params"]
     if primary:
       forget_metrics_after(logs, int(state["step"]))

@@ -261,3 +261,20 @@ def test_resume_from_a_checkpoint_of_another_device_count(two_device_workdir, mo
   assert int(state["step"]) == 5 and data_state["next_step"] == 5
   want = jax.jit(model.init_params, static_argnums=0)(model_config, jax.random.key(21))
   assert _leaves_equal(state["params"], want)
+
+
+def test_keep_every_keeps_the_multiples_beyond_the_newest(tmp_path, model_config, train_cfg):
+  state = _state(model_config, train_cfg, seed=1, step=0)
+  ckpt = checkpoint.Checkpointer(str(tmp_path), keep=2, keep_every=4)
+  try:
+    for step in range(1, 11):
+      state["step"] = jnp.asarray(step, jnp.int32)
+      ckpt.save(state, data_state={"next_step": step}, meta={"step": step})
+    ckpt.wait()
+    kept = sorted(ckpt.manager.all_steps())
+  finally:
+    ckpt.close()
+  # The 2 newest (9, 10) plus every multiple of 4 written (4, 8); the rest are pruned.
+  assert kept == [4, 8, 9, 10]
+  on_disk = sorted(int(name) for name in os.listdir(tmp_path / "checkpoints") if name.isdigit())
+  assert on_disk == kept

@@ -129,11 +129,20 @@ def test_truncated_newest_checkpoint_falls_back_and_ends_bit_identical(cli, runs
   _assert_params_identical(short_dir, full_dir)
 
 
-@pytest.mark.parametrize("recipe", ["task", "procedural"])
+@pytest.mark.parametrize("recipe", ["task", "procedural", "mixture"])
 def test_batches_after_a_resume_are_the_uninterrupted_runs(recipe):
   if recipe == "task":
     config = recipes.task_training("haystack", steps=12, batch=8)
     config.data.test_samples = 16
+  elif recipe == "mixture":  # two stages whose boundary falls inside step 5 (44 rows of 8 per step)
+    config = recipes.stage1("dyck", steps=12, batch=8)
+    config.data.update(dict(source="mixture", context=24, eval_samples=16))
+    config.data.components = {
+        "dyck": {"source": "procedural", "family": "dyck", "params": {"k": 4, "seq_length": 16}},
+        "sort": {"source": "procedural", "family": "sort",
+                 "params": {"data_vocab_size": 10, "seq_length": 6}}}
+    config.data.stages = [{"tokens": 44 * 24, "weights": {"dyck": 3, "sort": 1}},
+                          {"tokens": 0, "weights": {"dyck": 1, "sort": 3}}]
   else:
     config = recipes.stage1("dyck", steps=12, batch=8)
     config.data.eval_samples = 16
@@ -152,6 +161,9 @@ def test_batches_after_a_resume_are_the_uninterrupted_runs(recipe):
 
   uninterrupted = per_step(0)
   assert len(uninterrupted) == 12
+  if recipe == "mixture":  # the resumes below start on both sides of the stage boundary
+    dyck = lambda step: data.component_tokens(step + 1)["dyck"] - data.component_tokens(step)["dyck"]
+    assert dyck(2) > dyck(5) > dyck(8), (dyck(2), dyck(5), dyck(8))  # 3:1, the boundary, 1:3
   assert not np.array_equal(uninterrupted[5], uninterrupted[6]), "batches must differ between steps"
   for start in (5, 6):  # inside and on a dispatch boundary of the uninterrupted run
     resumed = per_step(start)

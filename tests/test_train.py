@@ -14,6 +14,7 @@ computations. With 1e-3 such noise moves a parameter by ~1e-8 and the comparison
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -412,6 +413,30 @@ def test_sparse_loss_positions_are_exact(base, mcfg, params):
   np.testing.assert_array_equal(over_metrics["overflow"], [3])
 
 
+@pytest.mark.parametrize("tied", [False, True])
+@pytest.mark.parametrize("loss_positions", [0, 2])
+def test_chunked_loss_trains_exactly_like_full_logits(tied, loss_positions):
+  # Chunks of 3 positions do not divide T = 8 (nor P = 2 with sparse positions: one short chunk).
+  config = dataclasses.replace(_model_cfg(), tie_word_embeddings=tied)
+  cfg = _train_cfg()
+  params = _init(config)
+  tx = train.make_optimizer(cfg, params)
+  steps = lambda chunk: jax.jit(train.make_step_functions(
+      config, tx, train.make_schedule(cfg), loss_positions=loss_positions,
+      loss_chunk_size=chunk).train)
+  batches = [_sparse_batch(), {k: v[::-1].copy() for k, v in _sparse_batch().items()}]
+  full_state, full = _run(steps(0), tx, params, [_dispatch(b) for b in batches])
+  chunk_state, chunked = _run(steps(3), tx, params, [_dispatch(b) for b in batches])
+  assert _max_diff(full_state["params"], chunk_state["params"]) < 1e-5
+  for key in ("loss_sum", "loss_tokens", "correct", "exact", "sequences", "grad_norm"):
+    np.testing.assert_allclose(chunked[key], full[key], rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+def test_negative_loss_chunk_size_is_a_config_error():
+  with pytest.raises(configlib.ConfigError, match=r"train\.loss_chunk_size=-1"):
+    train.validate_train_config(_train_cfg(loss_chunk_size=-1))
+
+
 def test_loss_positions_helper():
   batch = {"loss_mask": np.array([[0, 1, 0, 1, 1], [1, 0, 0, 0, 0], [0, 0, 0, 0, 1]], np.int32),
            "answer_mask": np.array([[0, 0, 1, 0, 0], [0, 0, 0, 0, 0], [0, 0, 0, 1, 0]], np.int32)}
@@ -724,3 +749,46 @@ def test_mixture_runs_log_tokens_per_component(tmp_path):
   data = pipeline.make_data(config.data, seed=0, batch_size=8)
   for step, row in logged.items():
     assert {k: row[f"data/tokens/{k}"] for k in ("dyck", "sort")} == data.component_tokens(step)
+
+
+def _tree_sizes(directory) -> dict[str, int]:
+  return {os.path.relpath(os.path.join(root, name), directory): os.path.getsize(os.path.join(root, name))
+          for root, _, names in os.walk(directory) for name in names}
+
+
+def test_resume_refuses_another_data_stream_or_model_and_keeps_the_checkpoints(tmp_path, capsys):
+  config = _tiny_run_config(steps=4)
+  config.checkpoint.every = 2
+  train.run(config, str(tmp_path))
+  before = _tree_sizes(tmp_path / "checkpoints")
+  changes = {  # (config path, new value) → the message names what changed, saved and now
+      ("data", "family"): ("shuffled_dyck", "data.family: saved 'dyck', now 'shuffled_dyck'"),
+      ("seed",): (1, "seed: saved 0, now 1"),
+      ("train", "batch_size"): (16, "train.batch_size: saved 8, now 16"),
+      ("model", "size"): ("2_4_32", "different run"),
+  }
+  for path, (value, message) in changes.items():
+    changed = _tiny_run_config(steps=6)
+    node = changed
+    for key in path[:-1]:
+      node = node[key]
+    node[path[-1]] = value
+    with pytest.raises(configlib.ConfigError, match=re.escape(message)):
+      train.run(changed, str(tmp_path))
+    assert _tree_sizes(tmp_path / "checkpoints") == before, f"{path}: checkpoints were touched"
+  # Longer training, another eval batch or data location: the same stream, so it resumes.
+  longer = _tiny_run_config(steps=6)
+  longer.data.eval_batch_size = 8
+  longer.data.data_dir = str(tmp_path / "elsewhere")
+  capsys.readouterr()
+  train.run(longer, str(tmp_path))
+  assert "resuming from step 4" in capsys.readouterr().out
+  assert checkpoint.Checkpointer(str(tmp_path)).latest_step() == 6
+
+
+def test_data_stream_keys_ignore_locations_and_see_nested_mixture_keys():
+  config = configlib.base_config()
+  config.data.components = {"dyck": {"source": "procedural", "params": {"k": 4}}}
+  keys = train.data_stream_keys(configlib.to_json_dict(config))
+  assert keys["data.components.dyck.params.k"] == 4 and keys["train.batch_size"] == 64
+  assert "data.data_dir" not in keys and "data.cache_dir" not in keys and "seed" in keys
