@@ -50,7 +50,9 @@ def step_flops(config: model.GPT2Config, batch: int, length: int) -> float:
   return 3 * forward
 
 
-def bench_shape(size, batch, length, vocab, dispatch, reps):
+def bench_shape(size, batch, length, vocab, dispatch, reps, *, micro_batches=1, loss_chunk_size=0):
+  """Seconds per optimizer step of ``batch`` × ``length`` tokens (in ``micro_batches`` accumulated
+  micro-batches, the way ``train.grad_accum`` runs it), its FLOPs and the parameter count."""
   cfg = base_config()
   cfg.train.steps = 10**6
   cfg.train.warmup_steps = 10
@@ -58,11 +60,12 @@ def bench_shape(size, batch, length, vocab, dispatch, reps):
                                     attn_pdrop=0.0, resid_pdrop=0.0)
   params = model.init_params(mcfg, jax.random.key(0))
   tx = train.make_optimizer(cfg.train, params)
-  fns = train.make_step_functions(mcfg, tx, train.make_schedule(cfg.train))
+  fns = train.make_step_functions(mcfg, tx, train.make_schedule(cfg.train),
+                                 loss_chunk_size=loss_chunk_size)
   step_fn = jax.jit(fns.train, donate_argnums=0)
   state = train.init_state(params, tx)
   rng = np.random.default_rng(0)
-  tokens = rng.integers(0, vocab, (dispatch, 1, batch, length), dtype=np.int32)
+  tokens = rng.integers(0, vocab, (dispatch, micro_batches, batch // micro_batches, length), dtype=np.int32)
   batches = {"tokens": tokens, "loss_mask": np.ones_like(tokens)}
   key = jax.random.key(1)
   state, metrics = step_fn(state, batches, key)  # compile
