@@ -102,14 +102,15 @@ def trainer_rate(spec: str) -> float:
   from train_step import bench_shape  # the train-step benchmark's own timing
 
   size, batch, length, *vocab = spec.split(":")
-  # As the semantic stage runs it: chunked loss for the GPT-2 vocabulary, and micro-batches of 2 rows
-  # (12_12_768 at 8 × 1,024 in one piece needs ~27 GiB, more than this machine has).
-  micro = max(1, int(batch) // 2)
-  seconds, _, _ = bench_shape(size, int(batch), int(length), int(vocab[0]) if vocab else 50257, 1, 1,
-                              micro_batches=micro, loss_chunk_size=256)
-  print(f"trainer here: {size} at {batch} × {length} ({micro} micro-batches, loss chunk 256): "
+  # As the semantic stage runs it: chunked loss for the GPT-2 vocabulary, micro-batches of 2 rows (1
+  # for an odd batch): 12_12_768 at 8 × 1,024 in one piece needs ~27 GiB, more than this machine has.
+  batch, chunk = int(batch), 256  # 256: recipes.semantic_stage2's chunk for the GPT-2 vocabulary
+  micro = batch // 2 if batch % 2 == 0 else batch
+  seconds, _, _ = bench_shape(size, batch, int(length), int(vocab[0]) if vocab else 50257, 1, 1,
+                              micro_batches=micro, loss_chunk_size=chunk)
+  print(f"trainer here: {size} at {batch} × {length} ({micro} micro-batches, loss chunk {chunk}): "
         f"{seconds:.1f} s/step")
-  return int(batch) * int(length) / seconds
+  return batch * int(length) / seconds
 
 
 def main():

@@ -56,17 +56,22 @@ def bench_shape(size, batch, length, vocab, dispatch, reps, *, micro_batches=1, 
   cfg = base_config()
   cfg.train.steps = 10**6
   cfg.train.warmup_steps = 10
+  cfg.train.batch_size = batch
+  cfg.train.grad_accum = micro_batches
+  cfg.train.loss_chunk_size = loss_chunk_size
+  train.validate_train_config(cfg.train)  # e.g. a batch the micro-batches do not divide
   mcfg = model.GPT2Config.from_size(size, vocab_size=vocab, n_positions=length, embd_pdrop=0.0,
                                     attn_pdrop=0.0, resid_pdrop=0.0)
   params = model.init_params(mcfg, jax.random.key(0))
   tx = train.make_optimizer(cfg.train, params)
   fns = train.make_step_functions(mcfg, tx, train.make_schedule(cfg.train),
-                                 loss_chunk_size=loss_chunk_size)
+                                 loss_chunk_size=cfg.train.loss_chunk_size)
   step_fn = jax.jit(fns.train, donate_argnums=0)
   state = train.init_state(params, tx)
   rng = np.random.default_rng(0)
-  tokens = rng.integers(0, vocab, (dispatch, micro_batches, batch // micro_batches, length), dtype=np.int32)
-  batches = {"tokens": tokens, "loss_mask": np.ones_like(tokens)}
+  steps = [{"tokens": tokens, "loss_mask": np.ones_like(tokens)}
+           for tokens in rng.integers(0, vocab, (dispatch, batch, length), dtype=np.int32)]
+  batches = train.stack_dispatch(steps, cfg.train.grad_accum)  # [dispatch, A, B/A, T], as train.fit
   key = jax.random.key(1)
   state, metrics = step_fn(state, batches, key)  # compile
   jax.block_until_ready(metrics)
