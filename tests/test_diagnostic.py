@@ -5,10 +5,12 @@ import os
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from procedural_pretraining import checkpoint, diagnostic, model, recipes, train, transfer
 from procedural_pretraining.configlib import ConfigError
-from procedural_pretraining.data import pipeline
+from procedural_pretraining.data import pipeline, procedural
 
 # A 2-layer model has, per block, 4 attention + 4 MLP + 4 LayerNorm leaves, plus ln_f's 2.
 EVERYTHING_COPIED = 2 * 12 + 2
@@ -59,6 +61,8 @@ def test_results_cover_every_arm_and_seed(finished_run):
                                                        "rows": 1, "frozen": 0}
   assert on_disk["arms"]["attn@noise0.01"]["transfer"]["copied"] == ATTN_COPIED
   assert 0.0 <= on_disk["stage1"]["closing_bracket_accuracy"] <= 1.0
+  assert list(on_disk["stage1"]["closing_accuracy_by_distance"]) == ["1", "2-3", "4-7", "8-15",
+                                                                     "16-31", "32+"]
 
 
 def test_table_and_plot_are_written(finished_run):
@@ -164,3 +168,54 @@ def test_results_record_each_seeds_initial_value_attention(finished_run):
   scratch = np.asarray(results["arms"]["baseline"]["initial_value_attention"])
   transferred = np.asarray(results["arms"]["everything"]["initial_value_attention"])
   assert not np.allclose(scratch, transferred)  # the transferred heads look elsewhere than fresh ones
+
+
+def _distances_by_stack(row, k):
+  """Brute force: push each opener's position, pop it at its closer."""
+  stack, out = [], []
+  for t, token in enumerate(row):
+    if token < k:
+      stack.append(t)
+      out.append(0)
+    elif token < 2 * k:
+      out.append(t - stack.pop())
+    else:
+      out.append(0)
+  return out
+
+
+def test_closer_distances_hand_example():
+  # k = 2: ( [ ] ( ) ) [ PAD  →  ']' at 2 closes 1, ')' at 4 closes 3, ')' at 5 closes 0.
+  tokens = np.array([[0, 1, 3, 0, 2, 2, 1, 4]])
+  np.testing.assert_array_equal(diagnostic.closer_distances(tokens, 2), [[0, 0, 1, 0, 1, 5, 0, 0]])
+
+
+@settings(max_examples=25, deadline=None)
+@given(k=st.integers(1, 16), half=st.integers(1, 45), seed=st.integers(0, 2**16))
+def test_closer_distances_equal_a_stack_matcher(k, half, seed):
+  n = 2 * half
+  family = procedural.make_family("dyck", k=k, seq_length=n, p_open=0.5)
+  tokens = procedural.ProceduralSource(family, seed=seed).get_batch(np.arange(16))["tokens"]
+  expected = [_distances_by_stack(row, k) for row in tokens]
+  np.testing.assert_array_equal(diagnostic.closer_distances(tokens, k), expected)
+
+
+def test_closing_accuracy_by_distance_buckets_and_their_pooled_mean():
+  """Fresh weights: every bucket is an accuracy in [0, 1], and the buckets pooled with their counts
+  give the overall closing-bracket accuracy (same samples, same predictions)."""
+  family = procedural.make_family("dyck", k=4, seq_length=64, p_open=0.5)
+  model_config = model.GPT2Config.from_size("2_4_16", vocab_size=family.vocab_size, n_positions=64)
+  params = train.init_params(model_config, 0)
+  by_distance = diagnostic.closing_accuracy_by_distance(model_config, params, family, 5, samples=64)
+  assert list(by_distance) == ["1", "2-3", "4-7", "8-15", "16-31", "32+"]
+  tokens = procedural.ProceduralSource(family, seed=5, split="validation").get_batch(
+      np.arange(64))["tokens"]
+  distance = diagnostic.closer_distances(tokens, 4)[:, 1:]
+  edges = diagnostic.DISTANCE_EDGES + (10**9,)
+  counts = [((distance >= lo) & (distance < hi)).sum()
+            for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
+  pooled = sum(c * a for c, a in zip(counts, by_distance.values(), strict=True) if c) / sum(counts)
+  overall = diagnostic.closing_bracket_accuracy(model_config, params, family, 5, samples=64)
+  assert pooled == pytest.approx(overall, abs=1e-9)
+  shuffle = procedural.make_family("dyck_shuffle", k=4, seq_length=64, p_open=0.5, max_depth=8)
+  assert diagnostic.closing_accuracy_by_distance(model_config, params, shuffle, 5) == {}
