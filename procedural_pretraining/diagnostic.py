@@ -110,27 +110,54 @@ def parse_arms(spec: str) -> list[Arm]:
   return arms
 
 
-def closing_bracket_accuracy(model_config, params, family, seed: int, samples: int = 512) -> float:
-  """Stage-1 skill gate for (shuffled-)Dyck: argmax accuracy at positions whose target is a closer.
-
-  "Close the bracket just opened" scores ≈0.5–0.6; a model that really matches brackets → 1.0.
-  """
-  base = getattr(family, "base", family)
-  k = getattr(base, "k", None)
+def _closer_predictions(model_config, params, family, seed: int, samples: int):
+  """One argmax pass over ``samples`` validation sequences of a (shuffled-)Dyck family: ``(tokens
+  [B, T], correct [B, T-1] — argmax equals the next token, closer [B, T-1] — that token is a scored
+  closer)``; None for families without brackets. Both stage-1 skill measures reduce it."""
+  k = getattr(getattr(family, "base", family), "k", None)
   if k is None:
-    return float("nan")
+    return None
   batch = procedural.ProceduralSource(family, seed=seed, split="validation").get_batch(
       np.arange(samples))
-  logits = _logits(model_config, params, jnp.asarray(batch["tokens"]))
-  targets = np.asarray(batch["tokens"])[:, 1:]
-  predictions = np.asarray(jnp.argmax(logits, -1))[:, :-1]
+  tokens = np.asarray(batch["tokens"])
+  logits = _logits(model_config, params, jnp.asarray(tokens))
+  targets = tokens[:, 1:]
+  correct = np.asarray(jnp.argmax(logits, -1))[:, :-1] == targets
   closer = (targets >= k) & (targets < 2 * k) & (np.asarray(batch["loss_mask"])[:, :-1] > 0)
-  return float((predictions == targets)[closer].mean())
+  return tokens, correct, closer
+
+
+def _gate_of(predictions) -> float:
+  if predictions is None:
+    return float("nan")
+  _, correct, closer = predictions
+  return float(correct[closer].mean())
 
 
 # Buckets of the distance from a closer back to its opener: 1 (close the bracket just opened) up to
 # ≥ 32, where a model must find the matching opener across several nested words.
 DISTANCE_EDGES = (1, 2, 4, 8, 16, 32)
+
+
+def _by_distance_of(predictions, family) -> dict[str, float]:
+  if predictions is None or family.name != "dyck":  # nesting distances exist for k-Dyck only
+    return {}
+  tokens, correct, closer = predictions
+  distance = closer_distances(tokens, family.k)[:, 1:]
+  accuracy = {}
+  for lo, hi in zip(DISTANCE_EDGES, DISTANCE_EDGES[1:] + (None,), strict=True):
+    bucket = closer & (distance >= lo) & (True if hi is None else distance < hi)
+    name = f"{lo}+" if hi is None else (str(lo) if hi == lo + 1 else f"{lo}-{hi - 1}")
+    accuracy[name] = float(correct[bucket].mean()) if bucket.any() else float("nan")
+  return accuracy
+
+
+def closing_bracket_accuracy(model_config, params, family, seed: int, samples: int = 512) -> float:
+  """Stage-1 skill gate for (shuffled-)Dyck: argmax accuracy at positions whose target is a closer.
+
+  "Close the bracket just opened" scores ≈0.5–0.6; a model that really matches brackets → 1.0.
+  """
+  return _gate_of(_closer_predictions(model_config, params, family, seed, samples))
 
 
 def closer_distances(tokens_BxT: np.ndarray, k: int) -> np.ndarray:
@@ -165,19 +192,7 @@ def closing_accuracy_by_distance(model_config, params, family, seed: int,
   """
   if family.name != "dyck":
     return {}
-  batch = procedural.ProceduralSource(family, seed=seed, split="validation").get_batch(
-      np.arange(samples))
-  tokens = np.asarray(batch["tokens"])
-  logits = _logits(model_config, params, jnp.asarray(tokens))
-  correct = np.asarray(jnp.argmax(logits, -1))[:, :-1] == tokens[:, 1:]
-  distance = closer_distances(tokens, family.k)[:, 1:]
-  scored = np.asarray(batch["loss_mask"])[:, :-1] > 0
-  accuracy = {}
-  for lo, hi in zip(DISTANCE_EDGES, DISTANCE_EDGES[1:] + (None,), strict=True):
-    bucket = scored & (distance >= lo) & (True if hi is None else distance < hi)
-    name = f"{lo}+" if hi is None else (str(lo) if hi == lo + 1 else f"{lo}-{hi - 1}")
-    accuracy[name] = float(correct[bucket].mean()) if bucket.any() else float("nan")
-  return accuracy
+  return _by_distance_of(_closer_predictions(model_config, params, family, seed, samples), family)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -229,8 +244,9 @@ def run_stage1(config: ml_collections.ConfigDict, workdir: str) -> dict:
   data = pipeline.make_data(config.stage1.data, seed=config.stage1.seed, batch_size=1)
   model_config = train.model_config_for(config.stage1, data)
   family = procedural.make_family(config.stage1.data.family, **config.stage1.data.params.to_dict())
-  gate = closing_bracket_accuracy(model_config, params, family, config.stage1.seed)
-  by_distance = closing_accuracy_by_distance(model_config, params, family, config.stage1.seed)
+  # One argmax pass serves both skill measures.
+  predictions = _closer_predictions(model_config, params, family, config.stage1.seed, 512)
+  gate, by_distance = _gate_of(predictions), _by_distance_of(predictions, family)
   print(f"stage 1: closing-bracket accuracy {gate:.4f} (gate {config.gate.min_closing_accuracy})"
         + ("" if not by_distance else "; by distance to the opener "
            + ", ".join(f"{name}: {acc:.3f}" for name, acc in by_distance.items())))
