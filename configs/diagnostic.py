@@ -5,10 +5,11 @@
       --workdir=workdirs/dyck_haystack
 
 Stage 1 trains into <workdir>/stage1 (reused if it already finished there; or point
---config.stage1_workdir at another finished run). Arms: baseline, everything, attn, mlp, ln, embed,
-heads, components joined by '_' (attn_mlp_ln), optionally from other runs (attn=A_mlp=B with
---config.sources=A=<workdir>[,B=<workdir>]), with controls @noise<σ>, @relnoise<σ>, @shuffle,
-baseline@entropy<λ>.
+--config.stage1_workdir at another finished run). Arms: baseline, everything, attn, mlp, ln, embed
+(= words + positions), heads, components joined by '_' (attn_mlp_ln), optionally from other runs
+(attn=A_mlp=B, everything_positions=B with --config.sources=A=<workdir>[,B=<workdir>]), with
+controls @noise<σ>, @relnoise<σ>, @shuffle, @noparity (transferred position rows lose their parity
+part), baseline@entropy<λ>.
 Outputs: results.json, results.md (table), accuracy.png (curves per arm).
 """
 

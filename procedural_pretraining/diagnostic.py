@@ -7,7 +7,8 @@ task and the seeds. Arms are names like ``baseline``, ``everything``, ``attn``, 
 ``attn_mlp_ln``; components are joined by ``_``; a component may name another run (``attn=A_mlp=B``,
 with ``A``/``B`` workdirs in ``config.sources='A=<workdir>,B=<workdir>'``) for modular composition;
 a suffix adds a control: ``@noise0.05`` (absolute σ), ``@relnoise0.1`` (σ × tensor std),
-``@shuffle`` (permute every transferred tensor), ``@entropy0.01`` (attention-sharpening λ, for a
+``@shuffle`` (permute every transferred tensor), ``@noparity`` (the transferred position rows
+lose their parity part, ``transfer.position_parity_part``), ``@entropy0.01`` (attention-sharpening λ, for a
 scratch arm). All seeds of one arm train in one vmapped program (``seed_parallel``). Outputs:
 ``results.json``, ``results.md`` and ``accuracy.png``.
 """
@@ -38,7 +39,7 @@ PRETRAINED = "pretrained"  # source name of this experiment's own stage-1 run
 class Arm:
   name: str
   assignments: tuple[tuple[str, str], ...]  # (component, source name); empty for scratch
-  control: str = ""  # '', 'noise', 'relnoise', 'shuffle', 'entropy'
+  control: str = ""  # '', 'noise', 'relnoise', 'shuffle', 'noparity', 'entropy'
   amount: float = 0.0
 
   @property
@@ -46,7 +47,8 @@ class Arm:
     return not self.assignments
 
 
-_CONTROL_RE = re.compile(r"^(noise|relnoise|entropy)([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)$|^(shuffle)$")
+_CONTROL_RE = re.compile(
+    r"^(noise|relnoise|entropy)([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)$|^(shuffle|noparity)$")
 
 
 def parse_arm(name: str) -> Arm:
@@ -57,11 +59,11 @@ def parse_arm(name: str) -> Arm:
     match = _CONTROL_RE.match(control_text)
     if not match:
       raise ConfigError(f"arm {name!r}: unknown control {control_text!r}; use noise<σ>, "
-                        "relnoise<σ>, shuffle or entropy<λ> with a non-negative number")
+                        "relnoise<σ>, shuffle, noparity or entropy<λ> with a non-negative number")
     control = match.group(1) or match.group(3)
     amount = float(match.group(2) or 0.0)
   if body in ("baseline", "scratch"):
-    if control in ("noise", "relnoise", "shuffle"):
+    if control in transfer.PERTURBATIONS:
       raise ConfigError(f"arm {name!r}: a scratch arm has no transferred weights to perturb")
     return Arm(name, (), control, amount)
   assignments = []
@@ -74,6 +76,9 @@ def parse_arm(name: str) -> Arm:
     assignments.append((component, source or PRETRAINED))
   if control == "entropy":
     raise ConfigError(f"arm {name!r}: the entropy control is for scratch arms (baseline@entropy…)")
+  if control == "noparity" and not any(c in ("embed", "positions", "everything") for c, _ in assignments):
+    raise ConfigError(f"arm {name!r}: noparity edits transferred position embeddings; add embed, "
+                      "positions or everything to the arm")
   return Arm(name, tuple(assignments), control, amount)
 
 
@@ -158,6 +163,20 @@ def closing_bracket_accuracy(model_config, params, family, seed: int, samples: i
   "Close the bracket just opened" scores ≈0.5–0.6; a model that really matches brackets → 1.0.
   """
   return _gate_of(_closer_predictions(model_config, params, family, seed, samples))
+
+
+def position_parity(params, rows: int = 0) -> float:
+  """Fraction of the position table's variance (first ``rows`` rows, 0 = all, centred) explained by
+  position parity (``transfer.position_parity_part``).
+
+  Measured on this CPU it separates k-Dyck checkpoints: ≈0.6–0.7 in those whose Haystack arm lifts,
+  ≤0.01 in seeds that never encoded parity (README, "The Dyck → Haystack result").
+  """
+  table = np.asarray(params["wpe"]["embedding"], np.float64)
+  table = table[:rows] if rows else table
+  centred = table - table.mean(axis=0)
+  total = float((centred ** 2).sum())
+  return float((transfer.position_parity_part(table) ** 2).sum()) / total if total else 0.0
 
 
 def closer_distances(tokens_BxT: np.ndarray, k: int) -> np.ndarray:
@@ -247,9 +266,13 @@ def run_stage1(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # One argmax pass serves both skill measures.
   predictions = _closer_predictions(model_config, params, family, config.stage1.seed, 512)
   gate, by_distance = _gate_of(predictions), _by_distance_of(predictions, family)
+  # The task model copies only its leading position rows (§5.5): measure those.
+  task_positions = config.task.model.n_positions or tasks.parse_task(config.task.data.task).context
+  parity = position_parity(params, rows=task_positions)
   print(f"stage 1: closing-bracket accuracy {gate:.4f} (gate {config.gate.min_closing_accuracy})"
         + ("" if not by_distance else "; by distance to the opener "
            + ", ".join(f"{name}: {acc:.3f}" for name, acc in by_distance.items())))
+  print(f"stage 1: position parity {parity:.3f} of the variance of the position rows the task uses")
   if config.gate.min_closing_accuracy and gate < config.gate.min_closing_accuracy:
     message = (f"stage 1 closing-bracket accuracy {gate:.4f} is below the gate "
                f"{config.gate.min_closing_accuracy}; train stage 1 longer or with another lr")
@@ -257,7 +280,7 @@ def run_stage1(config: ml_collections.ConfigDict, workdir: str) -> dict:
       raise ConfigError(message)
     print(f"warning: {message}")
   return {"workdir": stage1_dir, "closing_bracket_accuracy": gate,
-          "closing_accuracy_by_distance": by_distance, "params": params,
+          "closing_accuracy_by_distance": by_distance, "position_parity": parity, "params": params,
           "steps": meta.get("step")}
 
 

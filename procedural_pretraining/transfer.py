@@ -51,9 +51,14 @@ COMPONENTS: dict[str, Callable[[str], bool]] = {
     "heads": lambda p: "c_attn" in _parts(p),
     "attn+ln": lambda p: "attn" in _parts(p) or "ln_1" in _parts(p),
     "embed": _is_embedding,
+    # The two halves of ``embed``: the Dyck → Haystack lift depends on which run the position
+    # table comes from (README, "The Dyck → Haystack result"), so arms can move it on its own.
+    "positions": lambda p: _parts(p)[0] == "wpe",
+    "words": lambda p: _parts(p)[0] in ("wte", "lm_head"),
     "everything": lambda p: True,
 }
-ALIASES = {"ffn": "mlp"}
+ALIASES = {"ffn": "mlp", "wpe": "positions"}
+EMBEDDING_COMPONENTS = ("embed", "positions", "words", "everything")
 
 
 def canonical(component: str) -> str:
@@ -160,7 +165,8 @@ def merge(target, assignments: Sequence[tuple[str | Sequence[str], Mapping | obj
     assignments: ``(components, source_params, source_name)`` triples, applied in order (a later
       assignment wins where components overlap), e.g. ``[('attn', run_a, 'A'), ('mlp', run_b, 'B')]``.
       ``embed``/``everything`` fill ``wte``/``lm_head`` with ``embedding`` and copy ``wpe`` rows
-      (§5.5); other components never touch embedding tensors (§5.2 step 4).
+      (§5.5); ``words`` does only the first, ``positions`` only the second; other components never
+      touch embedding tensors (§5.2 step 4).
     embedding: word-embedding strategy (``average``, ``retain``, ``partial_matching``, ``random``).
     train: components left trainable (``everything`` = all); the rest are frozen (§5.8).
 
@@ -179,7 +185,7 @@ def merge(target, assignments: Sequence[tuple[str | Sequence[str], Mapping | obj
     used = set()
     for path, fresh_leaf in fresh.items():
       if _is_embedding(path):
-        if not any(c in ("embed", "everything") for c in components):
+        if not any(COMPONENTS[c](path) for c in components if c in EMBEDDING_COMPONENTS):
           continue
         if path.startswith("wpe"):
           src = source.get(path)
@@ -252,15 +258,48 @@ def shuffle_entries(params, paths: Sequence[str], key: jax.Array):
   return jax.tree_util.tree_map_with_path(shuffle, params)
 
 
-PERTURBATIONS = ("noise", "relnoise", "shuffle")
+def position_parity_part(table_PxD: np.ndarray) -> np.ndarray:
+  """The part of a position table explained by position parity: the least-squares fit of every
+  column on the centred parity indicator (``+1`` at even positions, ``-1`` at odd ones).
+
+  k-Dyck makes parity worth encoding (depth ≡ position + 1 mod 2), and the Haystack lift from a
+  Dyck checkpoint goes with it: removing this rank-1 part from a checkpoint that lifts stops the
+  lift, adding it to one that does not starts it (README, "The Dyck → Haystack result").
+  """
+  table = np.asarray(table_PxD, np.float64)
+  sign = np.where(np.arange(table.shape[0]) % 2 == 0, 1.0, -1.0)
+  sign -= sign.mean()
+  if not sign.any():  # a single row has no parity
+    return np.zeros_like(table)
+  return np.outer(sign, sign @ table / (sign @ sign))
+
+
+def remove_position_parity(params, report: TransferReport):
+  """The ``noparity`` control: the transferred position rows minus their parity part."""
+  if not report.status.get("wpe/embedding", "fresh").startswith("rows:"):
+    raise TransferError("the noparity control needs transferred position embeddings (wpe); "
+                        "use it on an arm that transfers embed, positions or everything")
+
+  def edit(path, leaf):
+    if path_str(path) != "wpe/embedding":
+      return leaf
+    return (np.asarray(leaf) - position_parity_part(leaf)).astype(np.asarray(leaf).dtype)
+
+  return jax.tree_util.tree_map_with_path(edit, params)
+
+
+PERTURBATIONS = ("noise", "relnoise", "shuffle", "noparity")
 PERTURBATION_KEY = 0x5EED  # folded into the run seed's key: perturbations never reuse an init key
 
 
 def perturb_transferred(params, report: TransferReport, kind: str, amount: float, seed: int):
   """Applies a §8 control to every transferred tensor of ``report``, keyed by the run ``seed``:
-  ``noise`` (σ = ``amount``), ``relnoise`` (σ = ``amount`` × each tensor's std) or ``shuffle``."""
+  ``noise`` (σ = ``amount``), ``relnoise`` (σ = ``amount`` × each tensor's std), ``shuffle``,
+  or ``noparity`` (deterministic: the position rows lose their parity part)."""
   if kind not in PERTURBATIONS:
     raise TransferError(f"unknown perturbation {kind!r}; use one of {', '.join(PERTURBATIONS)}")
+  if kind == "noparity":
+    return remove_position_parity(params, report)
   key = jax.random.fold_in(jax.random.key(seed), PERTURBATION_KEY)
   paths = select(report)
   if kind == "shuffle":

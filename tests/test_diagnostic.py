@@ -63,6 +63,14 @@ def test_results_cover_every_arm_and_seed(finished_run):
   assert 0.0 <= on_disk["stage1"]["closing_bracket_accuracy"] <= 1.0
   assert list(on_disk["stage1"]["closing_accuracy_by_distance"]) == ["1", "2-3", "4-7", "8-15",
                                                                      "16-31", "32+"]
+  # Parity share of the 100 position rows Haystack copies, from the stage-1 checkpoint on disk.
+  params, _ = checkpoint.restore_params(os.path.join(workdir, "stage1"))
+  rows = np.asarray(params["wpe"]["embedding"], np.float64)[:100]
+  centred = rows - rows.mean(axis=0)
+  sign = np.where(np.arange(100) % 2 == 0, 0.5, -0.5)[:, None]  # 100 rows: 50 even, 50 odd
+  gap = (rows[::2].mean(axis=0) - rows[1::2].mean(axis=0))[None, :]  # parity part: ±gap / 2
+  expected = float(((sign * gap) ** 2).sum() / (centred ** 2).sum())
+  assert on_disk["stage1"]["position_parity"] == pytest.approx(expected, rel=1e-5)
 
 
 def test_table_and_plot_are_written(finished_run):

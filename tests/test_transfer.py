@@ -38,16 +38,19 @@ WTE, WPE, HEAD = "wte/embedding", "wpe/embedding", "lm_head/kernel"
 EMBEDDINGS = {WTE, WPE, HEAD}
 ALL_PATHS = ATTN | MLP | LN | EMBEDDINGS
 
-# component → (leaves copied from the source, whether embeddings are filled by the strategy)
+# component → (leaves copied from the source, embedding leaves filled by the strategy / §5.5 rows)
 COMPONENT_CASES = {
-    "attn": (ATTN, False),
-    "mlp": (MLP, False),
-    "ffn": (MLP, False),
-    "ln": (LN, False),
-    "heads": (HEADS, False),
-    "attn+ln": (ATTN | LN_1, False),
-    "embed": (set(), True),
-    "everything": (ATTN | MLP | LN, True),
+    "attn": (ATTN, set()),
+    "mlp": (MLP, set()),
+    "ffn": (MLP, set()),
+    "ln": (LN, set()),
+    "heads": (HEADS, set()),
+    "attn+ln": (ATTN | LN_1, set()),
+    "embed": (set(), EMBEDDINGS),
+    "positions": (set(), {WPE}),
+    "wpe": (set(), {WPE}),
+    "words": (set(), {WTE, HEAD}),
+    "everything": (ATTN | MLP | LN, EMBEDDINGS),
 }
 
 PATH_RE = r"(wte/embedding|wpe/embedding|lm_head/kernel|h/\d+/(attn|mlp|ln_1|ln_2)/\S+|ln_f/\S+)"
@@ -123,7 +126,7 @@ def test_expected_paths_cover_the_target(fresh, source):
 
 @pytest.mark.parametrize("component", list(COMPONENT_CASES))
 def test_component_copies_exactly_its_leaves(component, fresh, source):
-  copied, fills_embeddings = COMPONENT_CASES[component]
+  copied, filled = COMPONENT_CASES[component]
   before = _copy(fresh)
   params, report = transfer.merge(fresh, [(component, source, "src")])
   assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(fresh)
@@ -136,13 +139,13 @@ def test_component_copies_exactly_its_leaves(component, fresh, source):
     if path in copied:
       np.testing.assert_array_equal(leaf, src[path], err_msg=f"{component}: {path} not copied")
       assert status == "copied:src", (path, status)
-    elif fills_embeddings and path == WTE:
+    elif path == WTE and path in filled:
       _assert_rows_equal(leaf, _mean_row(source), f"{component}: wte")
       assert status == "average:src", (path, status)
-    elif fills_embeddings and path == HEAD:  # [d, V]: every column is the mean
+    elif path == HEAD and path in filled:  # [d, V]: every column is the mean
       _assert_rows_equal(leaf.T, _mean_row(source), f"{component}: lm_head columns")
       assert status == "average:src", (path, status)
-    elif fills_embeddings and path == WPE:  # source context 128 ≥ 100: leading rows
+    elif path == WPE and path in filled:  # source context 128 ≥ 100: leading rows
       np.testing.assert_array_equal(leaf, src[WPE][:100], err_msg=f"{component}: wpe rows")
       assert status == "rows:src", (path, status)
     else:
@@ -229,7 +232,7 @@ def test_random_strategy_keeps_fresh_word_embeddings(fresh, source):
 
 
 @pytest.mark.parametrize("src_positions,copied", [(128, True), (100, True), (99, False), (41, False)])
-@pytest.mark.parametrize("component", ["embed", "everything"])
+@pytest.mark.parametrize("component", ["embed", "positions", "everything"])
 def test_position_embeddings(src_positions, copied, component, fresh):
   src_params = _random_params(_config(positions=src_positions), seed=6)
   params, report = transfer.merge(fresh, [(component, src_params, "src")])
@@ -394,6 +397,20 @@ def test_later_assignment_wins_on_overlap(fresh, two_sources):
   assert report.status[WTE] == "average:A" and report.status["h/0/attn/c_proj/kernel"] == "copied:B"
 
 
+def test_positions_from_another_run(fresh, two_sources):
+  """``everything=A_positions=B``: B's leading position rows, everything else as A's full transfer."""
+  a, b = two_sources
+  params, report = transfer.merge(fresh, [("everything", a, "A"), ("positions", b, "B")])
+  out, src_a, src_b = _flat(params), _flat(a), _flat(b)
+  np.testing.assert_array_equal(out[WPE], src_b[WPE][:100])
+  for path in sorted(ATTN | MLP | LN):
+    np.testing.assert_array_equal(out[path], src_a[path], err_msg=path)
+  _assert_rows_equal(out[WTE], _mean_row(a), "wte (from A)")
+  _assert_rows_equal(out[HEAD].T, _mean_row(a), "lm_head (from A)")
+  assert report.status[WPE] == "rows:B" and report.status[WTE] == "average:A"
+  assert report.unused_source["B"] == sorted(set(src_b) - {WPE, HEAD})
+
+
 # ------------------------------------------------------------------------------------------------
 # Gaussian noise (§8.1).
 
@@ -485,6 +502,67 @@ def test_shuffle_uses_an_independent_permutation_per_tensor():
 
 
 # ------------------------------------------------------------------------------------------------
+# Position parity (the noparity control).
+
+
+def _parity_by_least_squares(table: np.ndarray) -> np.ndarray:
+  """Second implementation: per column, lstsq on [1, is_even]; the fitted values minus the mean."""
+  design = np.stack([np.ones(len(table)), (np.arange(len(table)) % 2 == 0).astype(float)], axis=1)
+  coef, *_ = np.linalg.lstsq(design, table.astype(np.float64), rcond=None)
+  return design @ coef - table.mean(axis=0)
+
+
+@pytest.mark.parametrize("rows", [2, 7, 100, 128])
+def test_position_parity_part_is_the_least_squares_parity_fit(rows):
+  table = np.random.default_rng(rows).normal(size=(rows, 16)).astype(np.float32)
+  table[::2] += 0.3  # some parity to find
+  np.testing.assert_allclose(transfer.position_parity_part(table), _parity_by_least_squares(table),
+                             atol=1e-6)
+
+
+def test_position_parity_part_hand_examples():
+  alternating = np.array([[1.0, 5.0], [-1.0, 5.0], [1.0, 5.0], [-1.0, 5.0]])
+  np.testing.assert_allclose(transfer.position_parity_part(alternating),
+                             [[1, 0], [-1, 0], [1, 0], [-1, 0]], atol=1e-12)
+  pairs = np.repeat(np.random.default_rng(0).normal(size=(5, 3)), 2, axis=0)  # rows 2i = 2i+1
+  np.testing.assert_allclose(transfer.position_parity_part(pairs), 0.0, atol=1e-12)
+  np.testing.assert_array_equal(transfer.position_parity_part(np.ones((1, 4))), np.zeros((1, 4)))
+
+
+def test_position_parity_share(source):
+  ramp = np.linspace(-1, 1, 100)[:, None] * np.ones((1, 16))
+  signs = np.where(np.arange(100) % 2 == 0, 1.0, -1.0)[:, None] * np.ones((1, 16))
+  for table, expected in ((signs, 1.0), (np.repeat(ramp[::2], 2, axis=0), 0.0)):
+    assert diagnostic.position_parity({"wpe": {"embedding": table}}) == pytest.approx(expected, abs=1e-9)
+  # A mix: the share is the parity part's sum of squares over the centred table's (both by hand).
+  mixed = 0.5 * signs + np.repeat(ramp[::2], 2, axis=0)
+  centred = mixed - mixed.mean(axis=0)
+  expected = (0.25 * 100 * 16) / float((centred ** 2).sum())  # the ramp pairs carry no parity
+  assert diagnostic.position_parity({"wpe": {"embedding": mixed}}) == pytest.approx(expected, rel=1e-9)
+  table = np.asarray(source["wpe"]["embedding"])
+  assert diagnostic.position_parity(source, rows=100) == pytest.approx(
+      diagnostic.position_parity({"wpe": {"embedding": table[:100]}}))
+
+
+def test_noparity_arm_removes_only_the_parity_of_the_transferred_positions(source):
+  sources = {diagnostic.PRETRAINED: source}
+  plain, _, _ = diagnostic.arm_initial_params(diagnostic.parse_arm("everything"), [0], TARGET,
+                                              sources, "average", "everything")
+  edited, _, report = diagnostic.arm_initial_params(diagnostic.parse_arm("everything@noparity"), [0],
+                                                    TARGET, sources, "average", "everything")
+  plain, edited = _flat(plain[0]), _flat(edited[0])
+  rows = _flat(source)[WPE][:100]
+  np.testing.assert_allclose(edited[WPE], rows - _parity_by_least_squares(rows), atol=1e-5)
+  assert diagnostic.position_parity({"wpe": {"embedding": edited[WPE]}}) < 1e-10
+  for path in sorted(ALL_PATHS - {WPE}):
+    np.testing.assert_array_equal(edited[path], plain[path], err_msg=path)
+  with pytest.raises(transfer.TransferError, match="noparity"):  # no position rows to edit
+    short = _random_params(_config(positions=41), seed=7)
+    diagnostic.arm_initial_params(diagnostic.parse_arm("everything@noparity"), [0], TARGET,
+                                  {diagnostic.PRETRAINED: short}, "average", "everything")
+
+
+# ------------------------------------------------------------------------------------------------
 # Diagnostic arms.
 
 P = diagnostic.PRETRAINED
@@ -500,6 +578,9 @@ P = diagnostic.PRETRAINED
     ("everything@noise0.05", (("everything", P),), "noise", 0.05),
     ("everything@relnoise0.1", (("everything", P),), "relnoise", 0.1),
     ("mlp@shuffle", (("mlp", P),), "shuffle", 0.0),
+    ("everything@noparity", (("everything", P),), "noparity", 0.0),
+    ("attn_mlp_ln_words_positions=B@noparity", (("attn", P), ("mlp", P), ("ln", P), ("words", P),
+                                                ("positions", "B")), "noparity", 0.0),
     ("baseline@entropy0.01", (), "entropy", 0.01),
 ])
 def test_parse_arm_accepts_documented_syntax(name, assignments, control, amount):
@@ -514,7 +595,8 @@ def test_parse_arm_accepts_documented_syntax(name, assignments, control, amount)
 @pytest.mark.parametrize("name", [
     "bogus", "attn_bogus", "attn_", "", "everything@noise", "everything@blur0.1", "everything@noise0.1x",
     "everything@noise.", "everything@relnoise1e", "baseline@noise0.1", "baseline@shuffle",
-    "attn@entropy0.01",
+    "attn@entropy0.01", "baseline@noparity", "attn_mlp_ln@noparity", "words@noparity",
+    "everything@noparity0.1",
 ])
 def test_parse_arm_rejects_bad_names(name):
   try:
