@@ -266,22 +266,34 @@ def run_stage1(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # One argmax pass serves both skill measures.
   predictions = _closer_predictions(model_config, params, family, config.stage1.seed, 512)
   gate, by_distance = _gate_of(predictions), _by_distance_of(predictions, family)
-  # The task model copies only its leading position rows (§5.5): measure those.
-  task_positions = config.task.model.n_positions or tasks.parse_task(config.task.data.task).context
-  parity = position_parity(params, rows=task_positions)
+  parity = position_parity(params, rows=_target_positions(config))
   print(f"stage 1: closing-bracket accuracy {gate:.4f} (gate {config.gate.min_closing_accuracy})"
         + ("" if not by_distance else "; by distance to the opener "
            + ", ".join(f"{name}: {acc:.3f}" for name, acc in by_distance.items())))
-  print(f"stage 1: position parity {parity:.3f} of the variance of the position rows the task uses")
+  min_parity = config.gate.get("min_position_parity", 0.0)
+  print(f"stage 1: position parity {parity:.3f} of the variance of the position rows the target "
+        f"copies (gate {min_parity})")
+  failed = []
   if config.gate.min_closing_accuracy and gate < config.gate.min_closing_accuracy:
-    message = (f"stage 1 closing-bracket accuracy {gate:.4f} is below the gate "
-               f"{config.gate.min_closing_accuracy}; train stage 1 longer or with another lr")
+    failed.append(f"stage 1 closing-bracket accuracy {gate:.4f} is below the gate "
+                  f"{config.gate.min_closing_accuracy}; train stage 1 longer or with another lr")
+  if min_parity and parity < min_parity:
+    failed.append(f"stage 1 position parity {parity:.3f} is below the gate {min_parity}: no measured "
+                  "Haystack lift came from such a position table; try another stage-1 seed")
+  for message in failed:
     if config.gate.stop:
       raise ConfigError(message)
     print(f"warning: {message}")
   return {"workdir": stage1_dir, "closing_bracket_accuracy": gate,
           "closing_accuracy_by_distance": by_distance, "position_parity": parity, "params": params,
           "steps": meta.get("step")}
+
+
+def _target_positions(config: ml_collections.ConfigDict) -> int:
+  """How many leading position rows the target model copies (§5.5); 0 (all) without a task."""
+  if "task" not in config:
+    return 0
+  return config.task.model.n_positions or tasks.parse_task(config.task.data.task).context
 
 
 def arm_initial_params(arm: Arm, seeds, model_config, sources: dict, embedding: str,

@@ -116,8 +116,11 @@ def diagnostic(*, pretrain: str = "dyck", task: str = "haystack", arms: str = "b
   config.stage1 = stage1(pretrain, steps=stage1_steps, batch=stage1_batch, lr=stage1_lr,
                          seed=stage1_seed, runlocal=runlocal)
   config.stage1_workdir = ""  # '' = <workdir>/stage1
-  # Skill gate on stage 1 (closing-bracket accuracy for Dyck families); stop=True refuses to go on.
-  config.gate = ml_collections.ConfigDict({"min_closing_accuracy": 0.95, "stop": False})
+  # Gates on stage 1: closing-bracket accuracy (Dyck families) and the parity share of the position
+  # rows the task copies (diagnostic.position_parity: every Haystack lift measured here had ≥ 0.4,
+  # no table below 0.01 lifted); stop=True refuses to go on, otherwise a warning.
+  config.gate = ml_collections.ConfigDict({"min_closing_accuracy": 0.95, "min_position_parity": 0.1,
+                                           "stop": False})
   config.task = task_training(task, steps=task_steps, batch=task_batch, runlocal=runlocal)
   config.arms = arms
   config.seeds = seeds
@@ -251,7 +254,8 @@ def semantic(*, domain: str = "shakespeare", pretrain: str = "dyck", arms: str =
                            seed=seed, runlocal=runlocal)
   config.stage1_workdir = ""  # '' = <workdir>/stage1 (reused when finished)
   # run_stage1 measures closing-bracket accuracy for Dyck families; no gate for the semantic stage.
-  config.gate = ml_collections.ConfigDict({"min_closing_accuracy": 0.0, "stop": False})
+  config.gate = ml_collections.ConfigDict({"min_closing_accuracy": 0.0, "min_position_parity": 0.0,
+                                           "stop": False})
   config.stage2 = stage2
   config.arms = arms
   config.protocol = protocol

@@ -17,7 +17,7 @@ EVERYTHING_COPIED = 2 * 12 + 2
 ATTN_COPIED = 2 * 4
 
 
-def tiny_config(arms: str, *, min_gate: float = 0.0, stop: bool = False):
+def tiny_config(arms: str, *, min_gate: float = 0.0, min_parity: float = 0.0, stop: bool = False):
   config = recipes.diagnostic(pretrain="dyck", task="haystack", arms=arms, seeds=2, stage1_steps=20,
                               stage1_batch=8, task_steps=20, task_batch=16)
   config.stage1.data.params.seq_length = 100  # context 100 = Haystack's: position rows transfer
@@ -31,6 +31,7 @@ def tiny_config(arms: str, *, min_gate: float = 0.0, stop: bool = False):
   config.task.train.steps_per_dispatch = 10
   config.task.train.eval_every = 10
   config.gate.min_closing_accuracy = min_gate
+  config.gate.min_position_parity = min_parity
   config.gate.stop = stop
   config.arm_processes = 0
   return config
@@ -111,6 +112,17 @@ def test_gate_with_stop_refuses_to_train_arms(finished_run):
   workdir, _ = finished_run
   with pytest.raises(ConfigError, match="below the gate"):
     diagnostic.run(tiny_config("everything", min_gate=1.01, stop=True), workdir)
+
+
+def test_position_parity_gate(finished_run, capsys):
+  workdir, results = finished_run
+  parity = results["stage1"]["position_parity"]
+  with pytest.raises(ConfigError, match="position parity .* below the gate"):
+    diagnostic.run(tiny_config("everything", min_parity=parity + 1e-3, stop=True), workdir)
+  capsys.readouterr()
+  passed = diagnostic.run_stage1(tiny_config("everything", min_parity=parity - 1e-3, stop=True), workdir)
+  assert passed["position_parity"] == parity
+  assert "warning" not in capsys.readouterr().out
 
 
 def test_composition_arm_needs_named_sources(tmp_path):
