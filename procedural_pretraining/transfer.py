@@ -1,14 +1,16 @@
 """Selective transfer of pretrained weights by parameter path (method-spec §5 and §8).
 
 A *component* is a predicate on a parameter path (``h/0/attn/c_attn/kernel``): ``attn``, ``mlp``
-(alias ``ffn``), ``ln``, ``heads``, ``attn+ln``, ``embed`` and ``everything``. ``merge`` builds the
+(alias ``ffn``), ``ln``, ``heads``, ``attn+ln``, ``embed`` (= ``words`` + ``positions``, alias ``wpe``)
+and ``everything``. ``merge`` builds the
 target parameters leaf by leaf — copied from a source, filled by an embedding strategy, or left at
 the fresh init — and returns a report that accounts for every target parameter. Anything that cannot
 be honoured exactly (a shape mismatch, a tensor the source lacks, a vocabulary the strategy cannot
 map) is an error that names the parameter, never a silent partial load.
 
 Composition (§8.4) is ``merge`` with components taken from different sources; the perturbation
-controls (§8.1–8.2) act on the leaves a report marks as transferred.
+controls (§8.1–8.2) act on the leaves a report marks as transferred; ``noparity`` removes the
+position-parity part of the transferred position rows.
 """
 
 from __future__ import annotations
