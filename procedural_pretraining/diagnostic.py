@@ -76,7 +76,7 @@ def parse_arm(name: str) -> Arm:
     assignments.append((component, source or PRETRAINED))
   if control == "entropy":
     raise ConfigError(f"arm {name!r}: the entropy control is for scratch arms (baseline@entropy…)")
-  if control == "noparity" and not any(c in ("embed", "positions", "everything") for c, _ in assignments):
+  if control == "noparity" and not transfer.matches([c for c, _ in assignments], "wpe/embedding"):
     raise ConfigError(f"arm {name!r}: noparity edits transferred position embeddings; add embed, "
                       "positions or everything to the arm")
   return Arm(name, tuple(assignments), control, amount)

@@ -1,12 +1,12 @@
 """Selective transfer of pretrained weights by parameter path (method-spec §5 and §8).
 
 A *component* is a predicate on a parameter path (``h/0/attn/c_attn/kernel``): ``attn``, ``mlp``
-(alias ``ffn``), ``ln``, ``heads``, ``attn+ln``, ``embed`` (= ``words`` + ``positions``, alias ``wpe``)
-and ``everything``. ``merge`` builds the
-target parameters leaf by leaf — copied from a source, filled by an embedding strategy, or left at
-the fresh init — and returns a report that accounts for every target parameter. Anything that cannot
-be honoured exactly (a shape mismatch, a tensor the source lacks, a vocabulary the strategy cannot
-map) is an error that names the parameter, never a silent partial load.
+(alias ``ffn``), ``ln``, ``heads``, ``attn+ln``, ``embed`` (= ``words`` + ``positions``, alias
+``wpe``) and ``everything``. ``merge`` builds the target parameters leaf by leaf — copied from a
+source, filled by an embedding strategy, or left at the fresh init — and returns a report that
+accounts for every target parameter. Anything that cannot be honoured exactly (a shape mismatch, a
+tensor the source lacks, a vocabulary the strategy cannot map) is an error that names the parameter,
+never a silent partial load.
 
 Composition (§8.4) is ``merge`` with components taken from different sources; the perturbation
 controls (§8.1–8.2) act on the leaves a report marks as transferred; ``noparity`` removes the
@@ -60,7 +60,6 @@ COMPONENTS: dict[str, Callable[[str], bool]] = {
     "everything": lambda p: True,
 }
 ALIASES = {"ffn": "mlp", "wpe": "positions"}
-EMBEDDING_COMPONENTS = ("embed", "positions", "words", "everything")
 
 
 def canonical(component: str) -> str:
@@ -186,9 +185,9 @@ def merge(target, assignments: Sequence[tuple[str | Sequence[str], Mapping | obj
     source = {p: np.asarray(v) for p, v in flatten(source_params).items()}
     used = set()
     for path, fresh_leaf in fresh.items():
+      if not matches(components, path):
+        continue
       if _is_embedding(path):
-        if not any(COMPONENTS[c](path) for c in components if c in EMBEDDING_COMPONENTS):
-          continue
         if path.startswith("wpe"):
           src = source.get(path)
           if src is None:
@@ -201,8 +200,6 @@ def merge(target, assignments: Sequence[tuple[str | Sequence[str], Mapping | obj
         else:
           used.add("wte/embedding")
           out[path], status[path] = _word_embeddings(embedding, path, fresh_leaf, source, source_name)
-        continue
-      if not matches(components, path):
         continue
       if path not in source:
         raise TransferError(f"source {source_name} has no {path} (needed by "
