@@ -136,6 +136,9 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 1000
+  # Length of the LR schedule (0: train.steps). Longer than train.steps: stop early on a longer
+  # run's schedule, e.g. screen checkpoints on the first 2,500 steps of a 10,000-step schedule.
+  c.train.schedule_steps = 0
   c.train.batch_size = 64
   c.train.grad_accum = 1
   c.train.steps_per_dispatch = 1  # optimizer steps fused into one jitted lax.scan

@@ -68,9 +68,12 @@ def stage1(family: str = "dyck", *, size: str = "2_4_16", steps: int = 3000, bat
 
 
 def task_training(task_id: str = "condattendstream_30", *, steps: int = 0, batch: int = 0,
-                  seed: int = 0, runlocal: bool = False) -> ml_collections.ConfigDict:
+                  stop: int = 0, seed: int = 0, runlocal: bool = False) -> ml_collections.ConfigDict:
   """The reference's downstream harness (§4.1): untied head, dropout 0, AdamW lr 1e-3, weight decay
-  0.001 except biases/LayerNorm, clip 1.0, 500 warm-up steps then cosine to 0; batch/steps per task."""
+  0.001 except biases/LayerNorm, clip 1.0, 500 warm-up steps then cosine to 0; batch/steps per task.
+
+  ``steps`` is the schedule's length; ``stop`` > 0 ends training after that many of its steps (a
+  screen on the first part of the full run's schedule: same learning rates, same batches)."""
   task_id = TASK_ALIASES.get(task_id, task_id)
   task = tasks.parse_task(task_id)
   config = configlib.base_config()
@@ -80,12 +83,14 @@ def task_training(task_id: str = "condattendstream_30", *, steps: int = 0, batch
   config.model.dropout = 0.0
   config.data.source = "task"
   config.data.task = task_id
-  config.train.steps = steps or task.train_steps
+  schedule_steps = steps or task.train_steps
+  config.train.steps = min(stop, schedule_steps) if stop else schedule_steps
+  config.train.schedule_steps = schedule_steps if config.train.steps < schedule_steps else 0
   config.train.batch_size = batch or task.batch_size
   config.train.lr = 1e-3
   config.train.schedule = "cosine"
   config.train.min_lr_ratio = 0.0
-  config.train.warmup_steps = min(500, config.train.steps // 10)
+  config.train.warmup_steps = min(500, schedule_steps // 10)
   config.train.weight_decay = 0.001
   config.train.decay_mask = "no_bias_ln"
   config.train.grad_clip = 1.0
@@ -96,6 +101,7 @@ def task_training(task_id: str = "condattendstream_30", *, steps: int = 0, batch
   config.train.loss_positions = 1 if isinstance(task, tasks.Haystack) else 0
   if runlocal:
     config.train.steps = min(config.train.steps, 300)
+    config.train.schedule_steps = 0
     config.train.batch_size = min(config.train.batch_size, 128)
     config.train.warmup_steps = 50
     config.train.eval_every = 100
@@ -108,8 +114,8 @@ def task_training(task_id: str = "condattendstream_30", *, steps: int = 0, batch
 def diagnostic(*, pretrain: str = "dyck", task: str = "haystack", arms: str = "baseline+everything",
                seeds: int = 5, first_seed: int = 0, stage1_steps: int = 3000, stage1_lr: float = 2e-2,
                stage1_batch: int = 128, stage1_seed: int = 0, task_steps: int = 10000,
-               task_batch: int = 256, embedding: str = "average", train: str = "everything",
-               runlocal: bool = False) -> ml_collections.ConfigDict:
+               task_batch: int = 256, task_stop: int = 0, embedding: str = "average",
+               train: str = "everything", runlocal: bool = False) -> ml_collections.ConfigDict:
   """The diagnostic experiment (``diagnostic.run``): stage 1, gate, arms × seeds on a task."""
   config = ml_collections.ConfigDict()
   config.kind = "diagnostic"
@@ -121,7 +127,8 @@ def diagnostic(*, pretrain: str = "dyck", task: str = "haystack", arms: str = "b
   # no table below 0.01 lifted); stop=True refuses to go on, otherwise a warning.
   config.gate = ml_collections.ConfigDict({"min_closing_accuracy": 0.95, "min_position_parity": 0.1,
                                            "stop": False})
-  config.task = task_training(task, steps=task_steps, batch=task_batch, runlocal=runlocal)
+  config.task = task_training(task, steps=task_steps, batch=task_batch, stop=task_stop,
+                              runlocal=runlocal)
   config.arms = arms
   config.seeds = seeds
   config.first_seed = first_seed

@@ -61,9 +61,15 @@ def lr_multiplier(step, *, kind: str, warmup: int, total: int, floor: float):
   return jnp.where(step >= total, floor, multiplier)
 
 
+def schedule_length(train_cfg: ml_collections.ConfigDict) -> int:
+  """Steps the LR schedule spans: ``train.schedule_steps``, or ``train.steps`` when that is 0."""
+  return train_cfg.get("schedule_steps", 0) or train_cfg.steps
+
+
 def make_schedule(train_cfg: ml_collections.ConfigDict) -> optax.Schedule:
+  total = schedule_length(train_cfg)
   return lambda step: train_cfg.lr * lr_multiplier(
-      step, kind=train_cfg.schedule, warmup=train_cfg.warmup_steps, total=train_cfg.steps,
+      step, kind=train_cfg.schedule, warmup=train_cfg.warmup_steps, total=total,
       floor=train_cfg.min_lr_ratio)
 
 
@@ -214,6 +220,10 @@ def validate_train_config(cfg: ml_collections.ConfigDict) -> None:
   check_choice("train.schedule", cfg.schedule, SCHEDULES)
   check_choice("train.decay_mask", cfg.decay_mask, DECAY_MASKS)
   require(cfg.steps >= 1, f"config train.steps={cfg.steps} must be ≥ 1")
+  schedule_steps = cfg.get("schedule_steps", 0)
+  require(schedule_steps == 0 or schedule_steps >= cfg.steps,
+          f"config train.schedule_steps={schedule_steps} is shorter than train.steps={cfg.steps}: "
+          "use 0 (the schedule spans train.steps) or a value ≥ train.steps")
   require(cfg.batch_size >= 1, f"config train.batch_size={cfg.batch_size} must be ≥ 1")
   require(cfg.grad_accum >= 1 and cfg.batch_size % cfg.grad_accum == 0,
           f"config train.batch_size={cfg.batch_size} must be a multiple of "

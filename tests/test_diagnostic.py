@@ -239,3 +239,20 @@ def test_closing_accuracy_by_distance_buckets_and_their_pooled_mean():
   assert pooled == pytest.approx(overall, abs=1e-9)
   shuffle = procedural.make_family("dyck_shuffle", k=4, seq_length=64, p_open=0.5, max_depth=8)
   assert diagnostic.closing_accuracy_by_distance(model_config, params, shuffle, 5) == {}
+
+
+def test_task_stop_screens_the_first_steps_of_the_full_schedule():
+  def task_train(**kw):
+    return recipes.diagnostic(pretrain="dyck", task="haystack", task_steps=10_000, **kw).task.train
+
+  full, screen = task_train(), task_train(task_stop=2500)
+  assert (full.steps, full.schedule_steps) == (10_000, 0)
+  assert (screen.steps, screen.schedule_steps) == (2500, 10_000)
+  assert screen.warmup_steps == full.warmup_steps == 500  # warm-up of the full run, not of 2,500
+  train.validate_train_config(screen)
+  full_lr, screen_lr = train.make_schedule(full), train.make_schedule(screen)
+  for step in (0, 250, 500, 1000, 2499, 2500):
+    assert float(screen_lr(step)) == float(full_lr(step))
+  assert float(screen_lr(2500)) > 0.5e-3  # the full cosine at 2,500 is ≈ 0.87 × lr, not its end
+  past_the_end = task_train(task_stop=20_000)  # a stop beyond the schedule is the whole run
+  assert (past_the_end.steps, past_the_end.schedule_steps) == (10_000, 0)

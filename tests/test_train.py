@@ -228,6 +228,23 @@ def test_make_schedule_scales_by_lr_and_is_jittable():
         3e-3 * _reference_multiplier(step, "cosine", 4, 24, 0.1), rel=1e-5, abs=1e-10)
 
 
+def test_schedule_steps_sets_the_schedule_length():
+  short = _train_cfg(lr=2e-3, schedule="cosine", warmup_steps=10, steps=25, min_lr_ratio=0.0)
+  screen = _train_cfg(lr=2e-3, schedule="cosine", warmup_steps=10, steps=25, schedule_steps=100)
+  for step in (0, 5, 10, 17, 24, 25):
+    assert float(train.make_schedule(short)(step)) == pytest.approx(
+        2e-3 * _hf_cosine_with_warmup(step, 10, 25), abs=1e-9)
+    assert float(train.make_schedule(screen)(step)) == pytest.approx(
+        2e-3 * _hf_cosine_with_warmup(step, 10, 100), abs=1e-9)
+  assert train.schedule_length(short) == 25 and train.schedule_length(screen) == 100
+
+
+def test_schedule_shorter_than_the_run_is_a_config_error():
+  with pytest.raises(configlib.ConfigError, match=r"train\.schedule_steps=5 is shorter than train\.steps=10"):
+    train.validate_train_config(_train_cfg(steps=10, schedule_steps=5))
+  train.validate_train_config(_train_cfg(steps=10, schedule_steps=10))  # equal: allowed
+
+
 def test_unknown_schedule_is_rejected():
   with pytest.raises(ValueError, match="unknown schedule"):
     train.lr_multiplier(0, kind="exp", warmup=0, total=10, floor=0.0)
@@ -629,6 +646,27 @@ def test_cli_nan_leaves_no_checkpoint_of_the_nonfinite_state(nan_cli):
   assert not late, (
       f"BUG: the loss became NaN at step {nan_step} but checkpoints {late} were written from the "
       "non-finite state; re-running the command (e.g. with a lower lr) resumes from them")
+
+
+def test_stopping_early_on_a_longer_schedule_is_the_start_of_the_long_run(mcfg, params):
+  """steps=6 of a 12-step schedule trains exactly like the first 6 steps of the 12-step run (same
+  learning rates, batches and losses), and differs from a run whose schedule ends at step 6."""
+
+  def fitted(**train_overrides):
+    log = _RecordingLog()
+    config = _config(schedule="cosine", warmup_steps=2, steps_per_dispatch=3, log_every=1,
+                     eval_every=100, **train_overrides)
+    train.fit(config, data=_step_data(lambda step: _batch(300 + step)), model_config=mcfg,
+              params=_copy(params), log=log)
+    return {step: (row["train/lr"], row["train/loss"]) for step, row in log.rows
+            if "train/loss" in row}
+
+  long_run, screen, short = fitted(steps=12), fitted(steps=6, schedule_steps=12), fitted(steps=6)
+  assert sorted(screen) == list(range(1, 7)) and sorted(long_run) == list(range(1, 13))
+  for step in range(1, 7):
+    np.testing.assert_allclose(screen[step], long_run[step], rtol=1e-6, err_msg=f"step {step}")
+  assert short[6][0] < screen[6][0]  # its cosine is further down at step 6
+  assert short[6][1] != screen[6][1]
 
 
 def test_fit_leaves_the_callers_params_intact(tmp_path):
