@@ -469,8 +469,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   epath.Path(workdir, "results.json").write_text(json.dumps(results, indent=1))
   table = write_table(results, os.path.join(workdir, "results.md"))
   plot_curves(results, os.path.join(workdir, "accuracy.png"))
-  schedule = config.task.train.get("schedule_steps", 0)
-  print(f"\n{results['task']}, {len(seeds)} seeds, {config.task.train.steps} steps"
-        + (f" of a {schedule}-step schedule" if schedule else "") + " "
+  steps, schedule = config.task.train.steps, train.schedule_length(config.task.train)
+  print(f"\n{results['task']}, {len(seeds)} seeds, {steps} steps"
+        + (f" of a {schedule}-step schedule" if schedule > steps else "") + " "
         f"(wall {results['wall_seconds']:.0f} s)\n{table}\nplot: {os.path.join(workdir, 'accuracy.png')}")
   return results

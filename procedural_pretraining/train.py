@@ -220,9 +220,8 @@ def validate_train_config(cfg: ml_collections.ConfigDict) -> None:
   check_choice("train.schedule", cfg.schedule, SCHEDULES)
   check_choice("train.decay_mask", cfg.decay_mask, DECAY_MASKS)
   require(cfg.steps >= 1, f"config train.steps={cfg.steps} must be ≥ 1")
-  schedule_steps = cfg.get("schedule_steps", 0)
-  require(schedule_steps == 0 or schedule_steps >= cfg.steps,
-          f"config train.schedule_steps={schedule_steps} is shorter than train.steps={cfg.steps}: "
+  require(schedule_length(cfg) >= cfg.steps,
+          f"config train.schedule_steps={schedule_length(cfg)} is shorter than train.steps={cfg.steps}: "
           "use 0 (the schedule spans train.steps) or a value ≥ train.steps")
   require(cfg.batch_size >= 1, f"config train.batch_size={cfg.batch_size} must be ≥ 1")
   require(cfg.grad_accum >= 1 and cfg.batch_size % cfg.grad_accum == 0,
