@@ -1,12 +1,14 @@
 """Train-step throughput: step time, tokens/s and MFU against an fp32 matmul peak measured here.
 
-  python benchmarks/train_step.py [--quick] [--shapes=2_4_16:64:129,...] [--dispatch=50]
+  python benchmarks/train_step.py [--quick] [--shapes=2_4_16:64:129,...] [--dropout=0.1]
 
 MFU counts the model FLOPs of a training step (forward + backward = 3 × forward; forward = 2 × params
 × tokens for the dense layers + the attention score/value matmuls 4 × n_layer × T² × d per sequence,
 causal half not subtracted, as in PaLM/nanoGPT accounting) over the time, divided by the best fp32
 matmul rate this process reaches on square matrices. Tiny models fuse several optimizer steps per
-dispatch (``lax.scan``), as the trainer does.
+dispatch (``lax.scan``), as the trainer does. ``--dropout`` sets the embedding, attention and
+residual dropout rates (0 by default, as the diagnostic models train; the reference's stage 1 and
+the semantic stage use 0.1): its random masks are not model FLOPs, so they lower MFU.
 """
 
 from __future__ import annotations
@@ -50,7 +52,8 @@ def step_flops(config: model.GPT2Config, batch: int, length: int) -> float:
   return 3 * forward
 
 
-def bench_shape(size, batch, length, vocab, dispatch, reps, *, micro_batches=1, loss_chunk_size=0):
+def bench_shape(size, batch, length, vocab, dispatch, reps, *, micro_batches=1, loss_chunk_size=0,
+                dropout=0.0):
   """Seconds per optimizer step of ``batch`` × ``length`` tokens (in ``micro_batches`` accumulated
   micro-batches, the way ``train.grad_accum`` runs it), its FLOPs and the parameter count."""
   cfg = base_config()
@@ -60,8 +63,8 @@ def bench_shape(size, batch, length, vocab, dispatch, reps, *, micro_batches=1, 
   cfg.train.grad_accum = micro_batches
   cfg.train.loss_chunk_size = loss_chunk_size
   train.validate_train_config(cfg.train)  # e.g. a batch the micro-batches do not divide
-  mcfg = model.GPT2Config.from_size(size, vocab_size=vocab, n_positions=length, embd_pdrop=0.0,
-                                    attn_pdrop=0.0, resid_pdrop=0.0)
+  mcfg = model.GPT2Config.from_size(size, vocab_size=vocab, n_positions=length, embd_pdrop=dropout,
+                                    attn_pdrop=dropout, resid_pdrop=dropout)
   params = model.init_params(mcfg, jax.random.key(0))
   tx = train.make_optimizer(cfg.train, params)
   fns = train.make_step_functions(mcfg, tx, train.make_schedule(cfg.train),
@@ -88,6 +91,7 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--quick", action="store_true", help="fewer repetitions")
   parser.add_argument("--shapes", default="", help="size:batch:length[:vocab[:dispatch]],…")
+  parser.add_argument("--dropout", type=float, default=0.0, help="every dropout rate of the model")
   args = parser.parse_args()
   shapes = DEFAULT_SHAPES
   if args.shapes:
@@ -100,12 +104,14 @@ def main():
       shapes.append((size, batch, length, vocab, dispatch))
   reps = 3 if args.quick else 7
   peak = matmul_peak(1.5 if args.quick else 4.0)
-  print(f"jax {jax.__version__}, devices {jax.devices()}, fp32 matmul peak {peak:.1f} GFLOP/s\n")
+  print(f"jax {jax.__version__}, devices {jax.devices()}, fp32 matmul peak {peak:.1f} GFLOP/s, "
+        f"dropout {args.dropout}\n")
   print("| size | batch × length | params | steps/dispatch | s/step | tokens/s | GFLOP/s | MFU | "
         "vs reference |")
   print("|---|---|---|---|---|---|---|---|---|")
   for size, batch, length, vocab, dispatch in shapes:
-    seconds, flops, params = bench_shape(size, batch, length, vocab, dispatch, reps)
+    seconds, flops, params = bench_shape(size, batch, length, vocab, dispatch, reps,
+                                         dropout=args.dropout)
     tokens = batch * length / seconds
     reference = REFERENCE.get((size, batch, length))
     versus = f"{reference / seconds:.1f}× ({reference} s/step)" if reference else "—"

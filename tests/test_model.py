@@ -380,6 +380,27 @@ def test_dropout_is_inverted_dropout():
   assert model._dropout(x, 0.25, None) is x
 
 
+def test_dropout_units_are_independent_at_the_rate():
+  # One random word decides two adjacent units: if its halves were reused or correlated, the
+  # pairs inside a word would drop together far more often than rate², and an odd last axis
+  # (the unpaired last column) or the rows could repeat each other.
+  x = jnp.ones((400, 1001), jnp.float32)
+  out = np.asarray(model._dropout(x, 0.1, jax.random.key(5)))
+  dropped = out == 0
+  keep = model.dropout_keep_probability(0.1)
+  assert abs(keep - 0.9) < 2**-17
+  np.testing.assert_allclose(out[~dropped], 1 / keep, rtol=1e-6)
+  assert abs(dropped.mean() - 0.1) < 0.0025  # 5 σ of 400,400 Bernoulli(0.1) draws
+  # P(both dropped) = 0.01 for independent units; 5 σ over 200,000 pairs is 0.0011.
+  same_word = (dropped[:, 0:1000:2] & dropped[:, 1:1001:2]).mean()
+  across_words = (dropped[:, 1:1000:2] & dropped[:, 2:1001:2]).mean()
+  across_rows = (dropped[:-1] & dropped[1:]).mean()
+  for both in (same_word, across_words, across_rows):
+    assert abs(both - 0.01) < 0.0011
+  assert 0.02 < dropped[:, -1].mean() < 0.2  # the unpaired column drops at the rate too
+  assert not np.asarray(model._dropout(x, 1.0, jax.random.key(5))).any()
+
+
 def test_bfloat16_compute():
   config32 = _config("2_4_16", 37, 23, False)
   config16 = _config("2_4_16", 37, 23, False, compute_dtype="bfloat16")
