@@ -247,14 +247,57 @@ def haystack_value_attention(model_config, params, tokens_BxT, loss_mask_BxT) ->
   return np.stack(mass)
 
 
+# Settings that change how a run reports, stores or lays itself out, not the weights it ends with:
+# a finished stage 1 that differs from the wanted one only there is still the same run.
+_REPORTING_KEYS = ("train.eval_every", "train.log_every", "train.steps_per_dispatch",
+                   "data.eval_samples", "data.eval_batch_size", "data.eval_documents",
+                   "data.cache_dir", "data.data_dir")
+_TRAINED_SECTIONS = ("seed", "model", "data", "init", "train")
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict) and value:
+      out.update(_flat(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
+def run_mismatches(stored: dict, wanted: ml_collections.ConfigDict) -> list[str]:
+  """``key stored ≠ wanted`` for every setting that shapes the trained weights and differs between
+  a run's ``config.json`` (``stored``) and the config ``wanted`` of it."""
+  stored_flat = _flat({k: stored.get(k) for k in _TRAINED_SECTIONS})
+  wanted_flat = _flat({k: configlib.to_json_dict(wanted).get(k) for k in _TRAINED_SECTIONS})
+  return [f"{key} {stored_flat.get(key)!r} ≠ {wanted_flat.get(key)!r}"
+          for key in sorted(stored_flat.keys() | wanted_flat.keys())
+          if key not in _REPORTING_KEYS and stored_flat.get(key) != wanted_flat.get(key)]
+
+
 def run_stage1(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains (or reuses) the stage-1 run and measures its gate; returns a summary dict."""
+  """Trains (or reuses) the stage-1 run and measures its gate; returns a summary dict.
+
+  A finished run in the stage-1 directory is reused only if it is the configured stage 1 (same
+  ``run_mismatches``-relevant settings); one of another config is an error and stays untouched —
+  training it further would turn someone's finished run into a different one.
+  """
   stage1_dir = config.stage1_workdir or os.path.join(workdir, "stage1")
   results_path = epath.Path(stage1_dir, "results.json")  # epath: the workdir may be gs://…
-  finished = False
-  if results_path.exists():
-    finished = json.loads(results_path.read_text()).get("steps") == config.stage1.train.steps
+  finished = results_path.exists()
   if finished:
+    config_path = epath.Path(stage1_dir, "config.json")
+    if config_path.exists():
+      mismatches = run_mismatches(json.loads(config_path.read_text()), config.stage1)
+    else:  # a run from before config.json was written: its step count is all there is to check
+      steps = json.loads(results_path.read_text()).get("steps")
+      mismatches = [] if steps == config.stage1.train.steps else [
+          f"train.steps {steps!r} ≠ {config.stage1.train.steps!r}"]
+    if mismatches:
+      shown = "; ".join(mismatches[:3]) + ("; …" if len(mismatches) > 3 else "")
+      raise ConfigError(f"stage 1: {stage1_dir} holds a finished run of another config ({shown}): "
+                        "pass the same stage-1 settings (stage1_steps=…, --config.stage1.<key>=…) to "
+                        "reuse it, or another --workdir / --config.stage1_workdir to train a new one")
     print(f"stage 1: reusing the finished run in {stage1_dir}")
   else:
     print(f"stage 1: training {config.stage1.data.family} into {stage1_dir}")

@@ -108,6 +108,33 @@ def test_a_finished_stage1_is_reused_not_retrained(finished_run, capsys):
   assert all(os.path.getmtime(os.path.join(stage1, n)) == t for n, t in mtimes.items())
 
 
+def test_a_finished_stage1_of_another_config_is_refused_and_left_intact(finished_run, capsys):
+  workdir, _ = finished_run
+  stage1 = os.path.join(workdir, "stage1")
+  def snapshot():
+    return {os.path.join(root, name): os.path.getmtime(os.path.join(root, name))
+            for root, _, names in os.walk(stage1) for name in names}
+  before = snapshot()
+  longer = tiny_config("everything")
+  longer.stage1.train.steps = 30  # would have resumed the finished 20-step run and trained on
+  with pytest.raises(ConfigError, match=r"another config \(train.steps 20 ≠ 30\)"):
+    diagnostic.run(longer, workdir)
+  other_lr = tiny_config("everything")
+  other_lr.stage1.train.lr = 1e-3
+  other_lr.stage1.model.dropout = 0.1
+  with pytest.raises(ConfigError, match=r"model.dropout 0.0 ≠ 0.1; train.lr 0.02 ≠ 0.001"):
+    diagnostic.run(other_lr, workdir)
+  assert snapshot() == before
+  # Settings that only change reporting are still the same run.
+  reporting = tiny_config("everything")
+  reporting.stage1.train.eval_every = 10
+  reporting.stage1.data.eval_samples = 32
+  capsys.readouterr()
+  diagnostic.run_stage1(reporting, workdir)
+  assert "reusing the finished run" in capsys.readouterr().out
+  assert snapshot() == before
+
+
 def test_gate_with_stop_refuses_to_train_arms(finished_run):
   workdir, _ = finished_run
   with pytest.raises(ConfigError, match="below the gate"):
