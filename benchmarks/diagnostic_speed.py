@@ -2,6 +2,7 @@
 N seeds in one vmapped program, against the reference harness (0.41 s/step on this CPU).
 
   python benchmarks/diagnostic_speed.py [--steps=200] [--seeds=10] [--batch=1000]
+      [--attention_block_bytes=-1,0]
 
 Run it as a script so one CPU device per core is available (set below, before JAX starts); the seed
 axis shards over them. Data generation (with test-set exclusion) is included in the timings.
@@ -24,7 +25,8 @@ from procedural_pretraining.data import tasks  # noqa: E402
 REFERENCE_SECONDS_PER_STEP = 0.41
 
 
-def time_seeds(num_seeds: int, steps: int, batch: int, dispatch: int, sparse: bool) -> float:
+def time_seeds(num_seeds: int, steps: int, batch: int, dispatch: int, sparse: bool,
+               attention_block_bytes: int = -1) -> float:
   """Seconds per step for ``num_seeds`` seeds trained together (excluding the first dispatch)."""
   config = recipes.task_training("condattendstream_30", steps=steps + dispatch, batch=batch)
   tcfg = config.train
@@ -36,7 +38,8 @@ def time_seeds(num_seeds: int, steps: int, batch: int, dispatch: int, sparse: bo
           for s in seeds]
   mcfg = model.GPT2Config.from_size("2_4_16", vocab_size=256, n_positions=100,
                                     tie_word_embeddings=False, embd_pdrop=0.0, attn_pdrop=0.0,
-                                    resid_pdrop=0.0)
+                                    resid_pdrop=0.0,
+                                    attention_block_bytes=attention_block_bytes)
   params = [model.init_params(mcfg, jax.random.fold_in(jax.random.key(s), train.INIT_TAG)) for s in seeds]
   times = []
 
@@ -65,19 +68,25 @@ def main():
   parser.add_argument("--dispatch", type=int, default=25)
   parser.add_argument("--all-positions", action="store_true",
                       help="also time the plain path (last block at every position)")
+  parser.add_argument("--attention_block_bytes", default="-1",
+                      help="comma-separated model.attention_block_bytes settings to time "
+                           "(-1: the trainer's auto setting, 0: whole batch)")
   args = parser.parse_args()
   print(f"jax {jax.__version__}, {len(jax.devices())} CPU devices; Haystack 2_4_16, batch {args.batch}\n")
-  print("| seeds | last-block path | s/step (all seeds) | s per 1,000 steps per seed | vs reference per "
-        "seed-step | vmapped vs sequential |")
-  print("|---|---|---|---|---|---|")
+  print("| seeds | last-block path | attention blocks | s/step (all seeds) | s per 1,000 steps per "
+        "seed | vs reference per seed-step | vmapped vs sequential |")
+  print("|---|---|---|---|---|---|---|")
   for sparse in (True, False) if args.all_positions else (True,):
-    one = time_seeds(1, args.steps, args.batch, args.dispatch, sparse)
-    many = time_seeds(args.seeds, args.steps, args.batch, args.dispatch, sparse)
-    path = "loss positions only" if sparse else "all positions"
-    print(f"| 1 | {path} | {one:.4f} | {1000 * one:.0f} | {REFERENCE_SECONDS_PER_STEP / one:.1f}× | — |")
-    print(f"| {args.seeds} | {path} | {many:.4f} | {1000 * many / args.seeds:.0f} | "
-          f"{REFERENCE_SECONDS_PER_STEP * args.seeds / many:.1f}× | {one * args.seeds / many:.1f}× |",
-          flush=True)
+    for setting in (int(b) for b in args.attention_block_bytes.split(",")):
+      one = time_seeds(1, args.steps, args.batch, args.dispatch, sparse, setting)
+      many = time_seeds(args.seeds, args.steps, args.batch, args.dispatch, sparse, setting)
+      path = "loss positions only" if sparse else "all positions"
+      blocks = {-1: "auto", 0: "whole batch"}.get(setting, f"≤ {setting // 1024} KiB")
+      print(f"| 1 | {path} | {blocks} | {one:.4f} | {1000 * one:.0f} | "
+            f"{REFERENCE_SECONDS_PER_STEP / one:.1f}× | — |")
+      print(f"| {args.seeds} | {path} | {blocks} | {many:.4f} | {1000 * many / args.seeds:.0f} | "
+            f"{REFERENCE_SECONDS_PER_STEP * args.seeds / many:.1f}× | {one * args.seeds / many:.1f}× |",
+            flush=True)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Train-step throughput: step time, tokens/s and MFU against an fp32 matmul peak measured here.
 
   python benchmarks/train_step.py [--quick] [--shapes=2_4_16:64:129,...] [--dropout=0.1]
+      [--attention_block_bytes=0,-1,1048576,2097152]
 
 MFU counts the model FLOPs of a training step (forward + backward = 3 × forward; forward = 2 × params
 × tokens for the dense layers + the attention score/value matmuls 4 × n_layer × T² × d per sequence,
@@ -9,6 +10,10 @@ matmul rate this process reaches on square matrices. Tiny models fuse several op
 dispatch (``lax.scan``), as the trainer does. ``--dropout`` sets the embedding, attention and
 residual dropout rates (0 by default, as the diagnostic models train; the reference's stage 1 and
 the semantic stage use 0.1): its random masks are not model FLOPs, so they lower MFU.
+``--attention_block_bytes`` times each shape once per listed setting of
+``GPT2Config.attention_block_bytes`` (attention over batch blocks whose scores fit in that many
+bytes; 0 = the whole batch at once; -1 = the auto setting the trainer uses; default: 0 and -1), so
+the table shows what blocking gains per shape.
 """
 
 from __future__ import annotations
@@ -53,7 +58,7 @@ def step_flops(config: model.GPT2Config, batch: int, length: int) -> float:
 
 
 def bench_shape(size, batch, length, vocab, dispatch, reps, *, micro_batches=1, loss_chunk_size=0,
-                dropout=0.0):
+                dropout=0.0, attention_block_bytes=-1):
   """Seconds per optimizer step of ``batch`` × ``length`` tokens (in ``micro_batches`` accumulated
   micro-batches, the way ``train.grad_accum`` runs it), its FLOPs and the parameter count."""
   cfg = base_config()
@@ -64,7 +69,8 @@ def bench_shape(size, batch, length, vocab, dispatch, reps, *, micro_batches=1, 
   cfg.train.loss_chunk_size = loss_chunk_size
   train.validate_train_config(cfg.train)  # e.g. a batch the micro-batches do not divide
   mcfg = model.GPT2Config.from_size(size, vocab_size=vocab, n_positions=length, embd_pdrop=dropout,
-                                    attn_pdrop=dropout, resid_pdrop=dropout)
+                                    attn_pdrop=dropout, resid_pdrop=dropout,
+                                    attention_block_bytes=attention_block_bytes)
   params = model.init_params(mcfg, jax.random.key(0))
   tx = train.make_optimizer(cfg.train, params)
   fns = train.make_step_functions(mcfg, tx, train.make_schedule(cfg.train),
@@ -92,7 +98,10 @@ def main():
   parser.add_argument("--quick", action="store_true", help="fewer repetitions")
   parser.add_argument("--shapes", default="", help="size:batch:length[:vocab[:dispatch]],…")
   parser.add_argument("--dropout", type=float, default=0.0, help="every dropout rate of the model")
+  parser.add_argument("--attention_block_bytes", default="0,-1",
+                      help="comma-separated GPT2Config.attention_block_bytes settings to time")
   args = parser.parse_args()
+  block_settings = [int(b) for b in args.attention_block_bytes.split(",")]
   shapes = DEFAULT_SHAPES
   if args.shapes:
     shapes = []
@@ -106,18 +115,23 @@ def main():
   peak = matmul_peak(1.5 if args.quick else 4.0)
   print(f"jax {jax.__version__}, devices {jax.devices()}, fp32 matmul peak {peak:.1f} GFLOP/s, "
         f"dropout {args.dropout}\n")
-  print("| size | batch × length | params | steps/dispatch | s/step | tokens/s | GFLOP/s | MFU | "
-        "vs reference |")
-  print("|---|---|---|---|---|---|---|---|---|")
+  print("| size | batch × length | params | steps/dispatch | attention blocks | s/step | tokens/s | "
+        "GFLOP/s | MFU | vs reference |")
+  print("|---|---|---|---|---|---|---|---|---|---|")
   for size, batch, length, vocab, dispatch in shapes:
-    seconds, flops, params = bench_shape(size, batch, length, vocab, dispatch, reps,
-                                         dropout=args.dropout)
-    tokens = batch * length / seconds
-    reference = REFERENCE.get((size, batch, length))
-    versus = f"{reference / seconds:.1f}× ({reference} s/step)" if reference else "—"
-    print(f"| {size} | {batch} × {length} | {params:,} | {dispatch} | {seconds:.4f} | {tokens:,.0f} | "
-          f"{flops / seconds / 1e9:.1f} | {100 * flops / seconds / 1e9 / peak:.0f} % | {versus} |",
-          flush=True)
+    for block_bytes in block_settings:
+      seconds, flops, params = bench_shape(size, batch, length, vocab, dispatch, reps,
+                                           dropout=args.dropout, attention_block_bytes=block_bytes)
+      tokens = batch * length / seconds
+      reference = REFERENCE.get((size, batch, length))
+      versus = f"{reference / seconds:.1f}× ({reference} s/step)" if reference else "—"
+      n_head = model.parse_size(size)[1]
+      budget = model.attention_block_bytes_for(block_bytes, 4 * n_head * length**2 * batch)
+      blocks = f"≤ {budget // 1024} KiB" if budget else "whole batch"
+      blocks = f"auto: {blocks}" if block_bytes == -1 else blocks
+      print(f"| {size} | {batch} × {length} | {params:,} | {dispatch} | {blocks} | {seconds:.4f} | "
+            f"{tokens:,.0f} | {flops / seconds / 1e9:.1f} | {100 * flops / seconds / 1e9 / peak:.0f} % "
+            f"| {versus} |", flush=True)
   peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   print(f"\npeak resident memory {peak_rss:.0f} MiB")
 

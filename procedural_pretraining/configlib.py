@@ -99,6 +99,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.tie_word_embeddings = True
   c.model.dropout = 0.1  # embd/attn/resid pdrop
   c.model.compute_dtype = "float32"
+  # Attention over batch blocks whose scores take at most this many bytes (a CPU speed knob, same
+  # results): -1 = auto (2 MiB blocks of large batches on CPU, off on accelerators), 0 = off.
+  c.model.attention_block_bytes = -1
   c.model.n_positions = 0  # 0: the data's context
 
   c.data = ml_collections.ConfigDict()

@@ -536,7 +536,8 @@ def model_config_for(config: ml_collections.ConfigDict, data) -> model.GPT2Confi
     return model.GPT2Config.from_size(
         mcfg.size, vocab_size=data.vocab_size, n_positions=mcfg.n_positions or data.context,
         tie_word_embeddings=mcfg.tie_word_embeddings, embd_pdrop=mcfg.dropout,
-        attn_pdrop=mcfg.dropout, resid_pdrop=mcfg.dropout, compute_dtype=mcfg.compute_dtype)
+        attn_pdrop=mcfg.dropout, resid_pdrop=mcfg.dropout, compute_dtype=mcfg.compute_dtype,
+        attention_block_bytes=mcfg.attention_block_bytes)
   except ValueError as e:
     raise ConfigError(f"config model: {e}") from None
 

@@ -9,6 +9,7 @@ than taken from the init, so that a swapped or ignored parameter cannot hide beh
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
@@ -238,6 +239,55 @@ def test_return_attention_probabilities():
   _, sparse = _apply(config, params, tokens, query_positions_BxP=positions,
                      return_attention=True)
   assert [a.shape for a in sparse] == [(2, 2, 15, 15)] * 2 + [(2, 2, 2, 15)]
+
+
+@pytest.mark.parametrize("batch,example_bytes,block_bytes", [
+    (64, 66_564, 1 << 19), (6, 100, 250), (7, 100, 250), (5, 100, 1000), (4, 300, 100),
+    (12, 10, 0)])
+def test_batch_blocks_are_the_fewest_that_fit(batch, example_bytes, block_bytes):
+  blocks = model._batch_blocks(batch, example_bytes, block_bytes)
+  fits = [b for b in range(1, batch + 1) if batch % b == 0
+          and (block_bytes <= 0 or (batch // b) * example_bytes <= block_bytes)]
+  assert blocks == (fits[0] if fits else batch)
+
+
+def test_attention_blocks_change_nothing():
+  """Attention over batch blocks (with a padding mask, query positions and dropout) gives the
+  whole-batch logits, attention probabilities and parameter gradients."""
+  whole = _config("2_4_16", 19, 13, False, attention_block_bytes=0)
+  example_bytes = 4 * whole.n_head * 13 * 13
+  blocked = dataclasses.replace(whole, attention_block_bytes=2 * example_bytes)  # 3 blocks of 2
+  assert model._batch_blocks(6, example_bytes, blocked.attention_block_bytes) == 3
+  params = _random_params(whole, seed=20)
+  tokens = jnp.asarray(_tokens(whole, 6, 13, seed=21))
+  mask = jnp.asarray(_padding_mask(6, 13, seed=22))
+  positions = jnp.asarray(np.random.default_rng(23).integers(0, 13, (6, 3)), jnp.int32)
+  key = jax.random.key(24)
+  for kwargs in ({"attention_mask_BxT": mask}, {"query_positions_BxP": positions},
+                 {"attention_mask_BxT": mask, "dropout_key": key}):
+    want, want_probs = _apply(whole, params, tokens, return_attention=True, **kwargs)
+    got, got_probs = _apply(blocked, params, tokens, return_attention=True, **kwargs)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-6)
+    for a, b in zip(got_probs, want_probs, strict=True):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+
+  def loss(params, config):
+    logits = model.apply(config, params, tokens, attention_mask_BxT=mask, dropout_key=key)
+    return jnp.mean(jax.nn.logsumexp(logits, -1) - logits[..., 0])
+
+  grads = [jax.jit(jax.grad(loss), static_argnums=1)(params, c) for c in (whole, blocked)]
+  for a, b in zip(*(jax.tree.leaves(g) for g in grads), strict=True):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-7)
+
+
+def test_attention_block_setting_resolves_per_batch_on_cpu():
+  large, small = model.AUTO_ATTENTION_MIN_BYTES + 1, model.AUTO_ATTENTION_MIN_BYTES
+  assert model.attention_block_bytes_for(0, large) == 0
+  assert model.attention_block_bytes_for(4096, small) == 4096
+  assert model.attention_block_bytes_for(-1, large) == model.AUTO_ATTENTION_BLOCK_BYTES  # on CPU
+  assert model.attention_block_bytes_for(-1, small) == 0
+  with pytest.raises(ValueError, match="attention_block_bytes"):
+    _config("2_4_16", 19, 13, False, attention_block_bytes=-5)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -26,7 +26,10 @@ from procedural_pretraining import configlib, sharding
 
 TESTS_DIR = Path(__file__).resolve().parent
 REPO = TESTS_DIR.parent
-MESHES = {"8x1x1": (8, 1, 1), "4x2x1": (4, 2, 1), "2x2x2": (2, 2, 2), "1x1x1": (1, 1, 1)}
+# "+blocks": the same mesh with attention over batch blocks (2 blocks of 4 sequences per micro-batch,
+# each block still split over the batch shards), which must not change a loss or a weight.
+MESHES = {"8x1x1": (8, 1, 1), "4x2x1": (4, 2, 1), "2x2x2": (2, 2, 2), "2x2x2+blocks": (2, 2, 2),
+          "1x1x1": (1, 1, 1)}
 STEPS = 20
 LOSS_ATOL = 1e-5
 
@@ -48,7 +51,7 @@ SHARDS_2x2x2 = {
 }
 
 _SCRIPT = r'''
-import functools, json, sys
+import dataclasses, functools, json, sys
 import jax, numpy as np
 from procedural_pretraining import checkpoint, configlib, model, sharding, train
 from procedural_pretraining.data import pipeline
@@ -110,8 +113,10 @@ for name, shape in MESHES.items():
   params = train.init_params(mc, 0, mesh)
   init = describe(params)
   log = Log()
-  result = train.fit(config, data=data, model_config=mc, params=params, log=log, consume_params=True,
-                     mesh=mesh)
+  # 4 sequences' scores (4 heads × 16 × 16 fp32 each) per block of a micro-batch of 8.
+  run_mc = dataclasses.replace(mc, attention_block_bytes=4 * 4 * T * T * 4) if "+blocks" in name else mc
+  result = train.fit(config, data=data, model_config=run_mc, params=params, log=log,
+                     consume_params=True, mesh=mesh)
   mu = result.state["opt_state"][1][0].mu
   report["runs"][name] = {"losses": [log.rows[s]["train/loss"] for s in range(1, 21)],
                           "init": init, "params": describe(result.state["params"]), "mu": describe(mu)}
