@@ -37,9 +37,9 @@ def stage1(family: str = "dyck", *, size: str = "2_4_16", steps: int = 3000, bat
   Closing-bracket accuracy after 3,000 steps (the skill gate, ``diagnostic.closing_bracket_accuracy``):
   lr 2e-2 → 0.986 / 0.997 (seeds 0 / 1), lr 1e-2 → 0.970 / 0.978; a cosine floor of 0.1 at lr 1e-2 is
   worse (0.925 / 0.908). The reference's stage-1 dropout of 0.1 (meant for 12_12_768) cripples a
-  16-wide model: 0.73 after all 3,000 steps. lr 1e-3 / 3e-3 stay at 0.6–0.75 (shared diagnostic
-  findings). A high gate is necessary, not sufficient, for the Haystack lift (README, "The Dyck →
-  Haystack result").
+  16-wide model: 0.73 after all 3,000 steps (0.69 / 0.73 after 6,000 at lr 1e-2, seeds 0 / 1).
+  lr 1e-3 / 3e-3 stay at 0.6–0.75 (shared diagnostic findings). A high gate is necessary, not
+  sufficient, for the Haystack lift (README, "The Dyck → Haystack result").
   """
   config = configlib.base_config()
   config.seed = seed
