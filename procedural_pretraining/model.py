@@ -198,15 +198,23 @@ def attention_block_bytes_for(setting: int, batch_score_bytes: int) -> int:
   return AUTO_ATTENTION_BLOCK_BYTES
 
 
-def _batch_blocks(batch: int, example_bytes: int, block_bytes: int) -> int:
+def _batch_blocks(batch: int, example_bytes: int, block_bytes: int, shards: int = 1) -> int:
   """How many blocks ``_attention_blocks`` splits a batch into: the fewest whose size divides
-  ``batch`` and whose scores fit in ``block_bytes`` (1 = no blocks; 0 bytes = no limit)."""
+  ``batch``, is a multiple of ``shards`` and whose scores fit in ``block_bytes``; if no size is such a
+  multiple, the fewest that fit; 1 = no blocks (``block_bytes`` 0, or the whole batch fits).
+
+  ``shards`` is how many devices the batch may be split over: a block whose size they do not divide
+  is resharded at every block (measured: Haystack 2_4_16 × 1000 data-parallel on 2 CPU devices runs
+  0.14 s/step in blocks of 20, 0.24 in blocks of 25, 0.18 whole)."""
   if block_bytes <= 0 or batch * example_bytes <= block_bytes:
     return 1
-  for blocks in range(2, batch):
-    if batch % blocks == 0 and (batch // blocks) * example_bytes <= block_bytes:
-      return blocks
-  return batch
+
+  def fewest(multiple):
+    return next((blocks for blocks in range(2, batch + 1) if batch % blocks == 0
+                 and (batch // blocks) % multiple == 0
+                 and (batch // blocks) * example_bytes <= block_bytes), None)
+
+  return fewest(shards) or fewest(1) or batch
 
 
 def _attention_blocks(attend, args: tuple, blocks: int):
@@ -281,8 +289,9 @@ class Attention(nnx.Module):
 
     score_bytes = 4 * self.n_head * q.shape[1] * length  # one example's fp32 scores
     budget = attention_block_bytes_for(self.attention_block_bytes, batch * score_bytes)
-    out, probs = _attention_blocks(attend, (q, k, v, allowed, keep),
-                                   _batch_blocks(batch, score_bytes, budget))
+    # The batch may be split over every device (data parallel); blocks stay whole multiples of that.
+    blocks = _batch_blocks(batch, score_bytes, budget, math.gcd(batch, jax.device_count()))
+    out, probs = _attention_blocks(attend, (q, k, v, allowed, keep), blocks)
     out = self.c_proj(out.reshape(batch, out.shape[1], width))
     out = _dropout(out, self.resid_pdrop, resid_key)
     return out, probs

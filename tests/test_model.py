@@ -241,14 +241,17 @@ def test_return_attention_probabilities():
   assert [a.shape for a in sparse] == [(2, 2, 15, 15)] * 2 + [(2, 2, 2, 15)]
 
 
-@pytest.mark.parametrize("batch,example_bytes,block_bytes", [
-    (64, 66_564, 1 << 19), (6, 100, 250), (7, 100, 250), (5, 100, 1000), (4, 300, 100),
-    (12, 10, 0)])
-def test_batch_blocks_are_the_fewest_that_fit(batch, example_bytes, block_bytes):
-  blocks = model._batch_blocks(batch, example_bytes, block_bytes)
-  fits = [b for b in range(1, batch + 1) if batch % b == 0
-          and (block_bytes <= 0 or (batch // b) * example_bytes <= block_bytes)]
-  assert blocks == (fits[0] if fits else batch)
+@pytest.mark.parametrize("batch,example_bytes,block_bytes,shards", [
+    (64, 66_564, 2 << 20, 1), (1000, 63_504, 2 << 20, 2), (6, 100, 250, 1), (6, 100, 250, 2),
+    (7, 100, 250, 1), (5, 100, 1000, 1), (4, 300, 100, 1), (12, 10, 0, 1), (8, 100, 400, 8)])
+def test_batch_blocks_are_the_fewest_that_fit(batch, example_bytes, block_bytes, shards):
+  blocks = model._batch_blocks(batch, example_bytes, block_bytes, shards)
+  sizes = {b: batch // b for b in range(1, batch + 1) if batch % b == 0}
+  fits = [b for b, size in sizes.items() if block_bytes <= 0 or size * example_bytes <= block_bytes]
+  aligned = [b for b in fits if sizes[b] % shards == 0]
+  assert blocks == (aligned or fits or [batch])[0]
+  if (batch, shards) == (1000, 2):  # the 1-seed Haystack case: even blocks of 20, not 25
+    assert batch // blocks == 20
 
 
 def test_attention_blocks_change_nothing():
