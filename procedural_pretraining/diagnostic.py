@@ -251,7 +251,8 @@ def haystack_value_attention(model_config, params, tokens_BxT, loss_mask_BxT) ->
 # a finished stage 1 that differs from the wanted one only there is still the same run.
 _REPORTING_KEYS = ("train.eval_every", "train.log_every", "train.steps_per_dispatch",
                    "data.eval_samples", "data.eval_batch_size", "data.eval_documents",
-                   "data.cache_dir", "data.data_dir", "model.attention_block_bytes")
+                   "data.cache_dir", "data.data_dir", "model.attention_block_bytes",
+                   "train.length_buckets")
 _TRAINED_SECTIONS = ("seed", "model", "data", "init", "train")
 
 

@@ -37,6 +37,21 @@ def loss_positions(batch: dict, num_positions: int) -> tuple[jax.Array, jax.Arra
   return positions, overflow
 
 
+def needed_lengths(batch: dict) -> jax.Array:
+  """Per row, how many leading tokens its metrics depend on: every position up to the last one
+  carrying loss or answer mask, plus that position's target token (``[B]``, at least 1).
+
+  Attention is causal, so tokens after that are never seen by a scored prediction: a row cut to
+  this length gives the same loss, metrics and gradients.
+  """
+  needed = prediction_mask(batch["loss_mask"]) > 0
+  if "answer_mask" in batch:
+    needed = needed | (prediction_mask(batch["answer_mask"]) > 0)
+  length = needed.shape[1]
+  last = length - 1 - jnp.argmax(needed[:, ::-1], axis=1)
+  return jnp.where(needed.any(axis=1), jnp.minimum(last + 2, length), 1).astype(jnp.int32)
+
+
 def token_metrics(logits_BxPxV: jax.Array, batch: dict, positions_BxP: jax.Array | None = None):
   """Sums of masked cross-entropy, accuracy and whole-answer exact match.
 

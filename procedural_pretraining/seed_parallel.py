@@ -22,6 +22,9 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from procedural_pretraining import evaluate, model, train
 
+# The vmap axis of the seeds (what collectives over seeds name; distinct from the mesh axis "seeds").
+SEED_AXIS = "seed_vmap"
+
 
 @dataclasses.dataclass
 class SeedCurves:
@@ -98,7 +101,8 @@ def fit_seeds(tcfg: ml_collections.ConfigDict, *, model_config: model.GPT2Config
   functions = train.make_step_functions(model_config, tx, train.make_schedule(tcfg),
                                         loss_positions=tcfg.loss_positions,
                                         loss_chunk_size=tcfg.loss_chunk_size,
-                                        attention_entropy_weight=tcfg.attention_entropy_weight)
+                                        attention_entropy_weight=tcfg.attention_entropy_weight,
+                                        length_buckets=tcfg.length_buckets, seed_axis=SEED_AXIS)
   micro_batch = tcfg.batch_size // tcfg.grad_accum
   eval_sizes = [len(next(iter(batch.values()))) for group in eval_sets for batch in group]
   mesh = seed_mesh(num_seeds, [micro_batch, *eval_sizes])
@@ -106,8 +110,8 @@ def fit_seeds(tcfg: ml_collections.ConfigDict, *, model_config: model.GPT2Config
   state = jax.jit(jax.vmap(lambda p: train.init_state(p, tx)))(params_S)
   run_keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.key(s), 0x0D0F))(jnp.asarray(seeds))
   run_keys = _shard_seeds(run_keys, mesh)
-  train_fn = jax.jit(jax.vmap(functions.train), donate_argnums=0)
-  eval_fn = jax.jit(jax.vmap(functions.evaluate))
+  train_fn = jax.jit(jax.vmap(functions.train, axis_name=SEED_AXIS), donate_argnums=0)
+  eval_fn = jax.jit(jax.vmap(functions.evaluate, axis_name=SEED_AXIS))
   eval_batches = [_shard_seeds(stack_seeds(group), mesh, batch_axis=1)  # [S, B, T]
                   for group in zip(*eval_sets, strict=True)]
 

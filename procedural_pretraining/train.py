@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import os
 import re
 import signal
@@ -113,10 +114,84 @@ class StepFunctions:
   evaluate: Callable  # (params, batch [B, T]) -> metric sums
 
 
+# Candidate cut lengths per length bucket: each is one compiled copy of the forward and backward.
+LENGTH_CUTS = 8
+# Fewest rows a length bucket holds: smaller groups save less than their compiled copies cost.
+MIN_BUCKET_ROWS = 32
+
+
+def cut_lengths(length: int, cuts: int = LENGTH_CUTS) -> tuple[int, ...]:
+  """The lengths a bucket of rows may be cut to: multiples of 8 (whole SIMD vectors) about
+  ``length / cuts`` apart, ending at ``length`` itself."""
+  stride = max(8, -(-length // (8 * cuts)) * 8)
+  return (*range(stride, length, stride), length)
+
+
+def length_bucketed(fn: Callable, buckets: int, seed_axis: str | None = None, *,
+                    min_rows: int = MIN_BUCKET_ROWS) -> Callable:
+  """``fn(params, batch, key, *args)`` summed over rows sorted by the length they need and cut to it.
+
+  ``fn`` returns a pytree that adds up over rows (metric sums, or gradients of a sum with them).
+  Causal attention means a row's scored predictions never see the tokens after its last loss or
+  answer position (``evaluate.needed_lengths``). Rows are sorted by that length within each device's
+  shard of the batch, split into up to ``buckets`` equal groups of at least ``min_rows`` rows (one
+  group: ``fn`` on the whole batch, unsorted), and every group runs at the shortest of
+  ``cut_lengths`` that holds its longest row, picked at run time by ``lax.switch`` (one branch
+  runs). The result is the same as over the whole batch — only the float summation order differs —
+  and the attention work falls with the square of the cut: Haystack rows need 4 to 63 of 63 tokens.
+
+  Take gradients *inside* ``fn``: differentiating through the switch would make every branch
+  return (zero-filled) residuals of every other branch, which costs more than the cut saves.
+  Under ``vmap`` over seeds pass its ``seed_axis`` name: the cut is then the longest over the
+  seeds, so the switch stays one branch instead of becoming a select over all of them. A key is
+  passed on per group as ``fold_in(key, group)`` (``make_step_functions`` buckets only models
+  without dropout: masks drawn per group would not be the whole batch's).
+  """
+
+  def bucketed(params, batch, dropout_key, *args):
+    rows, length = batch["tokens"].shape
+    # Sort within each device's rows so the groups keep the batch's sharding (no gather across).
+    shards = math.gcd(rows, jax.device_count())
+    groups = max([g for g in range(1, buckets + 1)
+                  if rows % (shards * g) == 0 and rows // g >= min_rows], default=1)
+    if groups == 1:
+      return fn(params, batch, dropout_key, *args)
+    per_group = rows // (shards * groups)
+    cuts = cut_lengths(length)
+    by_shard = lambda x: x.reshape(shards, rows // shards, *x.shape[1:])
+    need_SxR = by_shard(evaluate.needed_lengths(batch))
+    order_SxR = jnp.argsort(need_SxR, axis=1, stable=True)
+    sort_rows = lambda x: jnp.take_along_axis(
+        by_shard(x), order_SxR.reshape(*order_SxR.shape, *(1,) * (x.ndim - 1)), axis=1)
+    ordered = {k: sort_rows(v) for k, v in batch.items()}
+    need_SxR = jnp.take_along_axis(need_SxR, order_SxR, axis=1)
+
+    def run_cut(cut, params, group, key, *args):
+      return fn(params, {k: v[:, :cut] if v.ndim > 1 else v for k, v in group.items()}, key, *args)
+
+    branches = [functools.partial(run_cut, cut) for cut in cuts]
+    # Groups unrolled, not a scan: a switch inside a loop ran 1.6× slower here (XLA:CPU), for a
+    # compile time that grows with groups × cuts instead of cuts alone.
+    totals = None
+    for g in range(groups):
+      part = slice(g * per_group, (g + 1) * per_group)
+      group = {k: v[:, part].reshape(shards * per_group, *v.shape[2:]) for k, v in ordered.items()}
+      need = need_SxR[:, part].max()
+      if seed_axis is not None:
+        need = jax.lax.pmax(need, seed_axis)
+      branch = jnp.searchsorted(jnp.asarray(cuts, jnp.int32), need)  # the shortest cut ≥ need
+      key = None if dropout_key is None else jax.random.fold_in(dropout_key, g)
+      result = jax.lax.switch(branch, branches, params, group, key, *args)
+      totals = result if totals is None else jax.tree_util.tree_map(jnp.add, totals, result)
+    return totals
+
+  return bucketed
+
+
 def make_step_functions(model_config: model.GPT2Config, tx: optax.GradientTransformation,
                         schedule: optax.Schedule, *, loss_positions: int = 0,
-                        loss_chunk_size: int = 0,
-                        attention_entropy_weight: float = 0.0) -> StepFunctions:
+                        loss_chunk_size: int = 0, attention_entropy_weight: float = 0.0,
+                        length_buckets: int = 0, seed_axis: str | None = None) -> StepFunctions:
   """Builds the train and eval steps.
 
   ``attention_entropy_weight`` λ > 0 adds λ × (mean attention entropy over layers, heads and query
@@ -128,6 +203,13 @@ def make_step_functions(model_config: model.GPT2Config, tx: optax.GradientTransf
   ``loss_chunk_size > 0`` applies the head and the cross-entropy that many positions at a time
   (``evaluate.chunked_token_metrics``): the same sums and gradients without the ``[B, T, V]`` logits,
   which at V = 50257 are the largest tensor of the step.
+
+  ``length_buckets > 0`` runs the model over rows sorted by how many tokens their loss needs, in that
+  many groups each cut to its longest row (``length_bucketed``; ``seed_axis``: the name of an
+  enclosing seed ``vmap``). Off under the attention-entropy control, whose mean over query rows
+  depends on the length, and with dropout, whose masks depend on the shape they are drawn for (a
+  bucketed step would train on other masks than the whole-row step, and a vmapped seed on other
+  masks than its single run).
   """
 
   def forward_sums(params, batch, dropout_key):
@@ -158,6 +240,12 @@ def make_step_functions(model_config: model.GPT2Config, tx: optax.GradientTransf
     return loss, sums
 
   grad_fn = jax.grad(micro_loss, has_aux=True)
+  sums_of = forward_sums
+  dropout = max(model_config.embd_pdrop, model_config.attn_pdrop, model_config.resid_pdrop) > 0
+  if length_buckets > 0 and attention_entropy_weight == 0 and not dropout:
+    # The loss is a sum over rows / a fixed denominator, so gradients add over row groups too.
+    grad_fn = length_bucketed(grad_fn, length_buckets, seed_axis)
+    sums_of = length_bucketed(forward_sums, length_buckets, seed_axis)
 
   def one_step(state, batch_AxBxT, dropout_key):
     # Token-weighted accumulation: the sum of micro-batch gradients of loss_sum / (all tokens) is
@@ -194,7 +282,7 @@ def make_step_functions(model_config: model.GPT2Config, tx: optax.GradientTransf
     return jax.lax.scan(body, state, batches_KxAxBxT)
 
   def eval_sums(params, batch):
-    return forward_sums(params, batch, None)
+    return sums_of(params, batch, None)
 
   return StepFunctions(train=train, evaluate=eval_sums)
 
@@ -231,6 +319,8 @@ def validate_train_config(cfg: ml_collections.ConfigDict) -> None:
   require(cfg.lr > 0, f"config train.lr={cfg.lr} must be > 0")
   require(0.0 <= cfg.min_lr_ratio <= 1.0, "config train.min_lr_ratio must be in [0, 1]")
   require(cfg.warmup_steps >= 0, "config train.warmup_steps must be ≥ 0")
+  require(cfg.length_buckets >= 0,
+          f"config train.length_buckets={cfg.length_buckets} must be ≥ 0 (0 = whole rows)")
   require(cfg.loss_chunk_size >= 0,
           f"config train.loss_chunk_size={cfg.loss_chunk_size} must be ≥ 0 (0 = unchunked)")
 
@@ -347,7 +437,8 @@ def fit(config: ml_collections.ConfigDict, *, data, model_config: model.GPT2Conf
   functions = make_step_functions(model_config, tx, make_schedule(tcfg),
                                   loss_positions=tcfg.loss_positions,
                                   loss_chunk_size=tcfg.loss_chunk_size,
-                                  attention_entropy_weight=tcfg.attention_entropy_weight)
+                                  attention_entropy_weight=tcfg.attention_entropy_weight,
+                                  length_buckets=tcfg.length_buckets)
   state_sh = state_shardings(tcfg, model_config, mesh, params, trainable)
   replicated = sharding.replicated(mesh)
   seed = config.seed

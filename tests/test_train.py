@@ -830,3 +830,126 @@ def test_data_stream_keys_ignore_locations_and_see_nested_mixture_keys():
   keys = train.data_stream_keys(configlib.to_json_dict(config))
   assert keys["data.components.dyck.params.k"] == 4 and keys["train.batch_size"] == 64
   assert "data.data_dir" not in keys and "data.cache_dir" not in keys and "seed" in keys
+
+
+# ------------------------------------------------------------------------------------------------
+# Length buckets: rows sorted by the tokens their loss needs and cut to that length.
+
+
+def test_cut_lengths_by_hand():
+  assert train.cut_lengths(63) == (8, 16, 24, 32, 40, 48, 56, 63)
+  assert train.cut_lengths(129) == (24, 48, 72, 96, 120, 129)
+  assert train.cut_lengths(2048) == (256, 512, 768, 1024, 1280, 1536, 1792, 2048)
+  assert train.cut_lengths(64) == (8, 16, 24, 32, 40, 48, 56, 64)
+  assert train.cut_lengths(5) == (5,)
+
+
+def test_needed_lengths_against_a_loop():
+  rng = np.random.default_rng(3)
+  rows, length = 40, 11
+  loss = (rng.random((rows, length)) < 0.15).astype(np.int32)
+  answer = (rng.random((rows, length)) < 0.1).astype(np.int32)
+  loss[0] = answer[0] = 0  # nothing scored
+  loss[1] = 0
+  loss[1, -1] = 1  # the dummy last column alone scores nothing either
+  answer[1] = 0
+  loss[2, length - 2] = 1  # the last real prediction: its target is the last token
+  expected = []
+  for r in range(rows):
+    scored = [t for t in range(length - 1) if loss[r, t] or answer[r, t]]
+    expected.append(min(max(scored) + 2, length) if scored else 1)
+  got = evaluate.needed_lengths({"loss_mask": jnp.asarray(loss), "answer_mask": jnp.asarray(answer)})
+  np.testing.assert_array_equal(np.asarray(got), expected)
+  assert expected[0] == expected[1] == 1 and expected[2] == length
+
+
+def _cut_of_each_group(needs, buckets: int, length: int) -> int:
+  """The sum over groups of the cut a group runs at, computed from ``needs`` by hand."""
+  cuts = train.cut_lengths(length)
+  ordered = sorted(needs)
+  groups = max(g for g in range(1, buckets + 1) if len(needs) % g == 0)
+  size = len(needs) // groups
+  return sum(min(c for c in cuts if c >= max(ordered[g * size:(g + 1) * size])) for g in range(groups))
+
+
+def _rows_needing(needs, length: int) -> dict:
+  """Rows whose only scored prediction sits at ``need - 2`` (so they need exactly ``need`` tokens)."""
+  mask = np.zeros((len(needs), length), np.int32)
+  for row, need in enumerate(needs):
+    mask[row, need - 2] = 1
+  return {"tokens": np.zeros_like(mask), "loss_mask": mask}
+
+
+@pytest.mark.skipif(jax.device_count() != 1, reason="groups are formed per device shard")
+@pytest.mark.parametrize("buckets", [1, 3, 4, 7])
+def test_length_buckets_run_each_group_at_its_shortest_cut(buckets):
+  length = 63
+  needs = [4, 63, 9, 17, 17, 30, 5, 62, 41, 8, 33, 16]  # 12 rows; 7 groups do not divide: 6 do
+  cut_sum = train.length_bucketed(lambda p, b, k: jnp.float32(b["tokens"].shape[1]), buckets,
+                                  min_rows=1)
+  got = jax.jit(cut_sum)(None, _rows_needing(needs, length), None)
+  assert float(got) == _cut_of_each_group(needs, buckets, length)
+  groups = max(g for g in range(1, buckets + 1) if len(needs) % g == 0)
+  if groups > 1:
+    assert float(got) < groups * length  # some group ran shorter than the whole row
+
+
+@pytest.mark.skipif(jax.device_count() != 1, reason="groups are formed per device shard")
+def test_length_buckets_under_a_seed_vmap_share_one_cut_and_stay_one_branch():
+  length = 63
+  needs_S = [[4, 5, 9, 60], [8, 8, 30, 33]]  # 2 groups of 2 rows per seed
+  batch = {k: np.stack([_rows_needing(n, length)[k] for n in needs_S]) for k in ("tokens", "loss_mask")}
+  cut = lambda p, b, k: jnp.float32(b["tokens"].shape[1])
+  shared = jax.vmap(train.length_bucketed(cut, 2, seed_axis="s", min_rows=1), in_axes=(None, 0, None),
+                    axis_name="s")
+  own = jax.vmap(train.length_bucketed(cut, 2, min_rows=1), in_axes=(None, 0, None))
+  # Group 0: seed needs 5 and 8 → cut 8 for both; group 1: 60 and 33 → 63 for both.
+  np.testing.assert_array_equal(np.asarray(shared(None, batch, None)), [8 + 63, 8 + 63])
+  np.testing.assert_array_equal(np.asarray(own(None, batch, None)), [8 + 63, 8 + 40])
+  # The shared cut is an unbatched index: the switch stays a cond (one branch runs); a per-seed
+  # index turns it into every branch plus a select.
+  primitives = lambda f: {e.primitive.name for e in jax.make_jaxpr(f)(None, batch, None).jaxpr.eqns}
+  assert "cond" in primitives(shared)
+  assert "cond" not in primitives(own)
+
+
+def _haystack_batches(rows: int, seed: int, count: int) -> list[dict]:
+  # Haystack with 10 keys: rows of 23 tokens, cut at 8, 16 or 23 (few cuts compile fast).
+  from procedural_pretraining.data import tasks  # noqa: PLC0415
+
+  data = tasks.TaskData.create("condattendstream_10", seed=seed, test_size=200, batch_size=rows)
+  return [data.train_batch(step) for step in range(count)]
+
+
+def test_length_buckets_train_and_evaluate_exactly_like_whole_rows():
+  config = _model_cfg("2_4_16", vocab=256, positions=100)
+  cfg = _train_cfg(lr=1e-2)
+  params = _init(config)
+  tx = train.make_optimizer(cfg, params)
+  functions = lambda b: train.make_step_functions(config, tx, train.make_schedule(cfg),
+                                                  loss_positions=1, length_buckets=b)
+  whole, bucketed = functions(0), functions(3)
+  batches = _haystack_batches(96, seed=1, count=4)  # 3 groups of 32 rows (MIN_BUCKET_ROWS)
+  assert train.cut_lengths(batches[0]["tokens"].shape[1]) == (8, 16, 23)
+  lengths = np.asarray(evaluate.needed_lengths({k: jnp.asarray(v) for k, v in batches[0].items()}))
+  assert lengths.min() < 8 and lengths.max() > 16  # the rows really differ in length
+  dispatches = [{k: np.stack([b[k] for b in pair])[:, None] for k in pair[0]}
+                for pair in (batches[:2], batches[2:])]
+  state = train.init_state(params, tx)
+  assert "cond" in str(jax.make_jaxpr(bucketed.train)(state, dispatches[0], jax.random.key(0)))
+  assert "cond" not in str(jax.make_jaxpr(whole.train)(state, dispatches[0], jax.random.key(0)))
+  whole_state, whole_m = _run(jax.jit(whole.train), tx, params, dispatches)
+  cut_state, cut_m = _run(jax.jit(bucketed.train), tx, params, dispatches)
+  assert _max_diff(whole_state["params"], cut_state["params"]) < 1e-5
+  for key in ("loss_sum", "loss_tokens", "correct", "exact", "sequences", "grad_norm", "overflow"):
+    np.testing.assert_allclose(cut_m[key], whole_m[key], rtol=1e-5, atol=1e-6, err_msg=key)
+  test = _haystack_batches(64, seed=2, count=1)[0]  # 2 groups
+  whole_eval = jax.device_get(jax.jit(whole.evaluate)(cut_state["params"], test))
+  cut_eval = jax.device_get(jax.jit(bucketed.evaluate)(cut_state["params"], test))
+  for key, value in whole_eval.items():
+    np.testing.assert_allclose(cut_eval[key], value, rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+def test_negative_length_buckets_is_a_config_error():
+  with pytest.raises(configlib.ConfigError, match=r"train\.length_buckets=-1"):
+    train.validate_train_config(_train_cfg(length_buckets=-1))
