@@ -98,14 +98,20 @@ def fit_seeds(tcfg: ml_collections.ConfigDict, *, model_config: model.GPT2Config
   train.validate_train_config(tcfg)
   num_seeds = len(seeds)
   tx = train.make_optimizer(tcfg, params[0], trainable)
+  micro_batch = tcfg.batch_size // tcfg.grad_accum
+  eval_sizes = [len(next(iter(batch.values()))) for group in eval_sets for batch in group]
+  mesh = seed_mesh(num_seeds, [micro_batch, *eval_sizes])
+  # Length buckets only while each device holds one seed: one seed on 2 CPU devices ran 0.14 → 0.08
+  # s/step with them and 2 seeds (one per device) 0.25 → 0.17, but 10 seeds (5 per device) 1.34 →
+  # 1.78 (benchmarks/diagnostic_speed.py, Haystack batch 1000): the cut is the longest over the
+  # seeds and the vmapped groups lose the attention blocks' cache fit.
+  seeds_per_device = num_seeds // (1 if mesh is None else mesh.shape["seeds"])
   functions = train.make_step_functions(model_config, tx, train.make_schedule(tcfg),
                                         loss_positions=tcfg.loss_positions,
                                         loss_chunk_size=tcfg.loss_chunk_size,
                                         attention_entropy_weight=tcfg.attention_entropy_weight,
-                                        length_buckets=tcfg.length_buckets, seed_axis=SEED_AXIS)
-  micro_batch = tcfg.batch_size // tcfg.grad_accum
-  eval_sizes = [len(next(iter(batch.values()))) for group in eval_sets for batch in group]
-  mesh = seed_mesh(num_seeds, [micro_batch, *eval_sizes])
+                                        length_buckets=tcfg.length_buckets if seeds_per_device == 1 else 0,
+                                        seed_axis=SEED_AXIS)
   params_S = _shard_seeds(stack_seeds(params), mesh)
   state = jax.jit(jax.vmap(lambda p: train.init_state(p, tx)))(params_S)
   run_keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.key(s), 0x0D0F))(jnp.asarray(seeds))
