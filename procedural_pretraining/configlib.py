@@ -159,7 +159,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.loss_positions = 0  # >0: last block/head only at that many loss positions per row
   c.train.loss_chunk_size = 0  # >0: head + cross-entropy that many positions at a time (big V)
   # >0: rows sorted by the tokens their loss needs, run in that many groups each cut to its longest
-  # row (same sums; attention work falls with the cut squared; Haystack rows need 3–63 of 63)
+  # row (same sums; attention work falls with the cut squared; Haystack rows need 4–63 of 63)
   c.train.length_buckets = 0
   c.train.log_every = 50
   c.train.eval_every = 500

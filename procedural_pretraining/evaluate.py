@@ -22,15 +22,21 @@ def prediction_mask(mask_BxT: jax.Array) -> jax.Array:
   return mask_BxT.at[:, -1].set(0)
 
 
+def scored_positions(batch: dict) -> jax.Array:
+  """``[B, T]`` bool: positions whose prediction carries loss or answer mask."""
+  needed = prediction_mask(batch["loss_mask"]) > 0
+  if "answer_mask" in batch:
+    needed = needed | (prediction_mask(batch["answer_mask"]) > 0)
+  return needed
+
+
 def loss_positions(batch: dict, num_positions: int) -> tuple[jax.Array, jax.Array]:
   """The first ``num_positions`` positions carrying loss or answer mask, per row (static shape).
 
   Returns ``(positions_BxP, overflow_B)``: ``overflow`` counts masked positions that did not fit, so
   the caller can refuse a configuration that would silently drop loss terms.
   """
-  needed = prediction_mask(batch["loss_mask"]) > 0
-  if "answer_mask" in batch:
-    needed = needed | (prediction_mask(batch["answer_mask"]) > 0)
+  needed = scored_positions(batch)
   order = jnp.argsort(~needed, axis=1, stable=True)  # needed positions first, in position order
   positions = jnp.sort(order[:, :num_positions], axis=1)
   overflow = jnp.maximum(needed.sum(axis=1) - num_positions, 0)
@@ -44,9 +50,7 @@ def needed_lengths(batch: dict) -> jax.Array:
   Attention is causal, so tokens after that are never seen by a scored prediction: a row cut to
   this length gives the same loss, metrics and gradients.
   """
-  needed = prediction_mask(batch["loss_mask"]) > 0
-  if "answer_mask" in batch:
-    needed = needed | (prediction_mask(batch["answer_mask"]) > 0)
+  needed = scored_positions(batch)
   length = needed.shape[1]
   last = length - 1 - jnp.argmax(needed[:, ::-1], axis=1)
   return jnp.where(needed.any(axis=1), jnp.minimum(last + 2, length), 1).astype(jnp.int32)

@@ -164,7 +164,7 @@ def length_bucketed(fn: Callable, buckets: int, seed_axis: str | None = None, *,
     sort_rows = lambda x: jnp.take_along_axis(
         by_shard(x), order_SxR.reshape(*order_SxR.shape, *(1,) * (x.ndim - 1)), axis=1)
     ordered = {k: sort_rows(v) for k, v in batch.items()}
-    need_SxR = jnp.take_along_axis(need_SxR, order_SxR, axis=1)
+    need_SxR = jnp.sort(need_SxR, axis=1)
 
     def run_cut(cut, params, group, key, *args):
       return fn(params, {k: v[:, :cut] if v.ndim > 1 else v for k, v in group.items()}, key, *args)
